@@ -1,0 +1,593 @@
+"""Server side of WebSocket: wsproto for the protocol, our own non-blocking sockets for the bytes.
+
+Why not a WebSocket library: fan-out calls `deliver()` on every member of a room for every
+event. That call must be synchronous and cheap, so it writes the pre-encoded frame straight
+to the non-blocking socket when nothing is queued (no task switch, no await) and otherwise
+appends it to a bounded backlog that the connection's writer task flushes when the socket is
+writable. The connection is the single writer of its socket: pongs, pings and the close frame
+take the same path, so bytes never interleave and a partially written frame is finished first.
+
+wsproto parses inbound frames, does the close handshake and writes control frames, so its
+state machine stays consistent. Outbound data frames are encoded here (`encode_text_frame`)
+once per event; wsproto does not track outbound data, so they are just bytes to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import socket
+import struct
+from collections import deque
+from collections.abc import Awaitable, Callable
+from functools import partial
+from itertools import islice
+
+import attrs
+import trio
+from wsproto import WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
+
+from .errors import CloseCode
+from .ws_handshake import Authenticate, Handshake, accept_forever, open_listener, perform_handshake
+
+__all__ = ["Authenticate", "ConnectionClosed", "Handshake", "TransportSettings", "WebSocket",
+           "WsServer", "encode_binary_frame", "encode_text_frame"]
+
+log = logging.getLogger(__name__)
+
+_RECV_SIZE = 65536
+_IOV_MAX = 64            # buffers per sendmsg() when flushing the backlog
+_INBOX_SIZE = 8          # complete inbound messages buffered for the handler
+_OPEN = ConnectionState.OPEN
+_REMOTE_CLOSING = ConnectionState.REMOTE_CLOSING
+_LOCAL_CLOSING = ConnectionState.LOCAL_CLOSING
+_CLOSED = ConnectionState.CLOSED
+_MID = struct.Struct("!BBH").pack
+_LONG = struct.Struct("!BBQ").pack
+_SHORT_TEXT = [bytes((0x81, n)) for n in range(126)]
+_SHORT_BINARY = [bytes((0x82, n)) for n in range(126)]
+
+
+def _encode(short: list[bytes], first: int, payload: bytes) -> bytes:
+    n = len(payload)
+    if n < 126:
+        return short[n] + payload
+    if n < 65536:
+        return _MID(first, 126, n) + payload
+    return _LONG(first, 127, n) + payload
+
+
+def encode_text_frame(payload: bytes) -> bytes:
+    """One complete unmasked FIN text frame. Done once per event; the bytes serve every member."""
+    return _encode(_SHORT_TEXT, 0x81, payload)
+
+
+def encode_binary_frame(payload: bytes) -> bytes:
+    """One complete unmasked FIN binary frame (the chat protocol itself only sends text)."""
+    return _encode(_SHORT_BINARY, 0x82, payload)
+
+
+@attrs.frozen
+class TransportSettings:
+    """Limits and timers of the WebSocket listener (seconds, bytes)."""
+
+    max_frame_bytes: int = 65536        # inbound message payload limit, fragments summed -> 1009
+    send_queue_bytes: int = 1048576     # outbound backlog limit -> 4008 (PROTOCOL 5 Backpressure)
+    heartbeat_s: float = 30.0           # ping interval; 2x without any inbound frame -> 4000; 0: off
+    handshake_timeout_s: float = 10.0
+    allowed_origins: tuple[str, ...] = ()
+    max_request_bytes: int = 16384      # upgrade request size -> 431
+    close_timeout_s: float = 5.0        # wait for the peer's close frame, then drop TCP
+    path: str = "/ws"
+
+
+class ConnectionClosed(Exception):
+    """The WebSocket is closed or closing; `code` is the close code of the handshake (1006: lost)."""
+
+    def __init__(self, code: int | None, reason: str = ""):
+        super().__init__(code, reason)
+        self.code = code
+        self.reason = reason
+
+
+class WebSocket:
+    """One accepted connection. `deliver` may be called from any task; the rest is owned here."""
+
+    __slots__ = ("id", "handshake", "_sock", "_ws", "_settings", "_limit", "_half", "_open",
+                 "_backlog", "_backlog_bytes", "_partial", "_tx_wakeup", "_low_water",
+                 "_close_code", "_close_reason", "_close_queued", "_close_deadline",
+                 "_closing", "_done", "_closed", "_rx_send", "_rx_recv", "_rx_failed",
+                 "_rx_blocked", "_rx_parts", "_rx_size", "_peer_eof", "_shut_wr", "_last_rx", "_trailing")
+
+    def __init__(self, sock: socket.socket, ws: WSConnection, handshake: Handshake,
+                 settings: TransportSettings, trailing: bytes = b""):
+        self.id = secrets.token_hex(6)
+        self.handshake = handshake
+        self._sock = sock
+        self._ws = ws
+        self._settings = settings
+        self._limit = settings.send_queue_bytes
+        self._half = settings.send_queue_bytes // 2
+        self._open = True
+        self._backlog: deque[bytes | memoryview] = deque()
+        self._backlog_bytes = 0
+        self._partial = False                # the backlog's head has been written in part
+        self._tx_wakeup = trio.Event()       # set when the backlog goes from empty to not empty
+        self._low_water: trio.Event | None = None
+        self._close_code: int | None = None
+        self._close_reason = ""
+        self._close_queued = False
+        self._close_deadline = float("inf")
+        self._closing = trio.Event()
+        self._done = trio.Event()            # the TCP connection may be torn down
+        self._closed = trio.Event()          # the TCP connection is gone
+        self._rx_send, self._rx_recv = trio.open_memory_channel[str | bytes](_INBOX_SIZE)
+        self._rx_failed = False              # wsproto reported a protocol error: parser is dead
+        self._rx_blocked = False             # the reader waits for the handler, not the peer
+        self._rx_parts: list = []            # fragments of the message being received
+        self._rx_size = 0
+        self._peer_eof = False
+        self._shut_wr = False
+        self._last_rx = 0.0
+        self._trailing = trailing
+
+    def __repr__(self) -> str:
+        return f"<WebSocket {self.id} {self.handshake.remote} backlog={self._backlog_bytes}>"
+
+    # --- public surface -------------------------------------------------------------------
+
+    @property
+    def backlog_bytes(self) -> int:
+        """Bytes accepted but not yet taken by the kernel."""
+        return self._backlog_bytes
+
+    @property
+    def closed(self) -> bool:
+        """True once closing has begun: no more frames are accepted."""
+        return not self._open
+
+    @property
+    def close_code(self) -> int | None:
+        return self._close_code
+
+    def deliver(self, frame: bytes, *, durable: bool) -> bool:
+        """Send one pre-encoded frame without blocking; False if it was not accepted.
+
+        Empty backlog: written straight to the socket, the rest (if any) queued. Otherwise
+        queued behind the backlog, unless a durable frame would push it over
+        send_queue_bytes (the connection is evicted with 4008) or the frame is ephemeral and
+        the backlog is over half full (dropped).
+        """
+        if not self._open:
+            return False
+        backlog = self._backlog
+        if backlog:
+            queued = self._backlog_bytes + len(frame)
+            if queued > self._limit:
+                if durable:
+                    self._evict()
+                return False
+            if not durable and self._backlog_bytes > self._half:
+                return False
+            backlog.append(frame)
+            self._backlog_bytes = queued
+            return True
+        try:
+            sent = self._sock.send(frame)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._abort()
+            return False
+        if sent < len(frame):
+            self._queue_rest(frame, sent)
+        return True
+
+    def send_event_bytes(self, payload: bytes, *, durable: bool = True) -> bool:
+        """Frame a JSON payload as text and deliver it (for events sent to one connection only)."""
+        return self.deliver(encode_text_frame(payload), durable=durable)
+
+    async def send_paced(self, frame: bytes) -> None:
+        """Deliver a durable frame the client asked for, waiting until the backlog is <= half.
+
+        Never evicts a client that keeps reading: once there is room, the frame is queued
+        even if it alone exceeds the limit. Raises ConnectionClosed if the connection closes
+        meanwhile. Cancellation while waiting leaves nothing queued.
+        """
+        await trio.lowlevel.checkpoint()
+        while self._open and self._backlog_bytes > self._half:
+            if self._low_water is None:
+                self._low_water = trio.Event()
+            await self._low_water.wait()
+        if not self._open:
+            raise ConnectionClosed(self._close_code, self._close_reason)
+        self._write(frame)
+
+    async def receive(self) -> str | bytes:
+        """The next complete message: str for text, bytes for binary.
+
+        Raises ConnectionClosed(code, reason) once the connection is closing and the
+        messages received before that have been returned.
+        """
+        try:
+            return await self._rx_recv.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise ConnectionClosed(self._close_code, self._close_reason) from None
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Start the close handshake (idempotent, never blocks); unread inbound is discarded."""
+        self._start_close(code, reason, self._settings.close_timeout_s, drop_inbound=True)
+
+    async def wait_closed(self) -> None:
+        """Wait until the TCP connection is gone."""
+        await self._closed.wait()
+
+    # --- sending ----------------------------------------------------------------------------
+
+    def _queue_rest(self, data: bytes | memoryview, sent: int) -> None:
+        self._backlog.append(memoryview(data)[sent:] if sent else data)
+        self._partial = sent > 0
+        self._backlog_bytes += len(data) - sent
+        self._tx_wakeup.set()
+
+    def _write(self, data: bytes) -> None:
+        """Queue bytes with no limit check (control frames, paced frames): same single writer."""
+        if self._backlog:
+            self._backlog.append(data)
+            self._backlog_bytes += len(data)
+            return
+        try:
+            sent = self._sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._abort()
+            return
+        if sent < len(data):
+            self._queue_rest(data, sent)
+
+    def _flush(self) -> bool:
+        """Write what the socket takes; True when the backlog is empty (or the socket failed)."""
+        backlog = self._backlog
+        sock = self._sock
+        while backlog:
+            try:
+                if len(backlog) == 1:
+                    sent = sock.send(backlog[0])
+                else:
+                    sent = sock.sendmsg(list(islice(backlog, _IOV_MAX)))
+            except BlockingIOError:
+                return False
+            except OSError:
+                self._abort()
+                return True
+            self._backlog_bytes -= sent
+            while sent:
+                head = backlog[0]
+                size = len(head)
+                if sent >= size:
+                    backlog.popleft()
+                    self._partial = False
+                    sent -= size
+                else:
+                    backlog[0] = memoryview(head)[sent:]
+                    self._partial = True
+                    return False        # the kernel buffer is full: wait until writable
+        return True
+
+    async def _writer(self) -> None:
+        sock = self._sock
+        while True:
+            await self._tx_wakeup.wait()
+            while not self._flush():
+                self._notify_low_water()
+                await trio.lowlevel.wait_writable(sock)
+            self._tx_wakeup = trio.Event()
+            self._notify_low_water()
+            self._check_finish()
+
+    def _notify_low_water(self) -> None:
+        event = self._low_water
+        if event is not None and (self._backlog_bytes <= self._half or not self._open):
+            self._low_water = None
+            event.set()
+
+    # --- closing ----------------------------------------------------------------------------
+
+    def _start_close(self, code: int, reason: str, timeout_s: float, *, drop_inbound: bool) -> None:
+        if not self._open:
+            return
+        self._open = False
+        self._close_code = code
+        self._close_reason = reason
+        self._close_deadline = trio.current_time() + timeout_s
+        if drop_inbound:
+            self._rx_recv.close()
+        self._closing.set()
+        self._notify_low_water()
+        if self._ws.state in (_OPEN, _REMOTE_CLOSING):
+            self._write(self._ws.send(CloseConnection(code=code, reason=reason)))
+            self._close_queued = True
+        self._check_finish()
+
+    def _evict(self) -> None:
+        """4008: drop the backlog (but finish a frame already on the wire), then close."""
+        log.info("ws %s: slow consumer, backlog %d bytes, closing 4008", self.id, self._backlog_bytes)
+        backlog = self._backlog
+        head = backlog[0] if self._partial and backlog else None
+        backlog.clear()
+        self._backlog_bytes = 0
+        if head is not None:
+            backlog.append(head)
+            self._backlog_bytes = len(head)
+        self.close(CloseCode.SLOW_CONSUMER, "slow consumer")
+
+    def _check_finish(self) -> None:
+        """Once our close frame is flushed: done if the handshake is complete, else half-close."""
+        if self._backlog or not self._close_queued:
+            return
+        if self._ws.state is _CLOSED or self._peer_eof:
+            self._done.set()
+        elif self._rx_failed and not self._shut_wr:
+            self._shut_wr = True        # the parser is dead: we cannot read their close frame
+            try:
+                self._sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                self._abort()
+
+    def _abort(self) -> None:
+        """Drop the TCP connection now (peer gone, socket error, timeout)."""
+        if self._close_code is None:
+            self._close_code = 1006
+        self._open = False
+        self._backlog.clear()
+        self._backlog_bytes = 0
+        self._closing.set()
+        self._done.set()
+        self._notify_low_water()
+
+    # --- receiving --------------------------------------------------------------------------
+
+    async def _reader(self) -> None:
+        sock = self._sock
+        data = self._trailing
+        self._trailing = b""
+        async with self._rx_send:
+            while True:
+                if data:
+                    await self._feed(data)
+                    await trio.lowlevel.checkpoint()
+                try:
+                    data = sock.recv(_RECV_SIZE)
+                except BlockingIOError:
+                    data = b""
+                    await trio.lowlevel.wait_readable(sock)
+                    continue
+                except OSError:
+                    self._abort()
+                    return
+                if not data:
+                    self._peer_eof = True
+                    if self._close_queued:
+                        self._check_finish()
+                    else:
+                        self._abort()
+                    return
+
+    async def _feed(self, data: bytes) -> None:
+        if self._rx_failed or self._ws.state is _CLOSED:
+            return                      # draining until EOF after a protocol error
+        ws = self._ws
+        ws.receive_data(data)
+        limit = self._settings.max_frame_bytes
+        for event in ws.events():
+            kind = type(event)
+            if kind is TextMessage or kind is BytesMessage:
+                if not self._open:
+                    continue            # closing: data is discarded
+                chunk = event.data
+                size = self._rx_size + (len(chunk) if kind is BytesMessage or chunk.isascii()
+                                        else len(chunk.encode()))
+                if size > limit:
+                    self._rx_parts.clear()
+                    self._rx_size = 0
+                    self._start_close(CloseCode.TOO_BIG, "message too big",
+                                      self._settings.close_timeout_s, drop_inbound=False)
+                elif event.message_finished:
+                    parts = self._rx_parts
+                    if parts:
+                        parts.append(chunk)
+                        chunk = ("" if kind is TextMessage else b"").join(parts)
+                        parts.clear()
+                    self._rx_size = 0
+                    await self._hand_over(chunk)
+                else:
+                    self._rx_parts.append(chunk)
+                    self._rx_size = size
+            elif kind is Ping:          # a pong is ephemeral: a ping flood cannot grow the backlog
+                if ws.state is _OPEN:
+                    self.deliver(ws.send(event.response()), durable=False)
+            elif kind is CloseConnection:
+                self._on_close(event)
+                break
+        self._last_rx = trio.current_time()
+
+    async def _hand_over(self, message: str | bytes) -> None:
+        self._rx_blocked = True
+        try:
+            await self._rx_send.send(message)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass                        # the handler closed the connection; drop
+        finally:
+            self._rx_blocked = False
+            self._last_rx = trio.current_time()
+
+    def _on_close(self, event: CloseConnection) -> None:
+        state = self._ws.state
+        if state is _REMOTE_CLOSING:    # the peer started the close handshake: echo its code
+            self._start_close(event.code, event.reason, self._settings.close_timeout_s,
+                              drop_inbound=False)
+        elif state is _OPEN:            # a ParseFailed reported as an event; the state is unchanged
+            self._rx_failed = True
+            log.debug("ws %s: protocol error %s %s", self.id, event.code, event.reason)
+            self._start_close(event.code, event.reason, self._settings.close_timeout_s,
+                              drop_inbound=False)
+        elif state is _LOCAL_CLOSING:   # protocol error while we wait for their close frame
+            self._rx_failed = True
+        self._check_finish()
+
+    # --- timers and lifetime ----------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        interval = self._settings.heartbeat_s
+        if interval <= 0:
+            return
+        next_ping = trio.current_time() + interval
+        while self._open:
+            await trio.sleep_until(min(next_ping, self._last_rx + 2 * interval))
+            if not self._open:
+                return
+            now = trio.current_time()
+            if self._rx_blocked:
+                self._last_rx = now     # our handler is slow, not the peer
+            elif now >= self._last_rx + 2 * interval:
+                log.info("ws %s: idle for %.1fs, closing 4000", self.id, now - self._last_rx)
+                self.close(CloseCode.IDLE, "idle")
+                return
+            if now >= next_ping:
+                if self._ws.state is _OPEN:
+                    self._write(self._ws.send(Ping()))
+                next_ping = now + interval
+
+    async def _run_io(self) -> None:
+        """Reader, writer and heartbeat; returns when the TCP connection is gone."""
+        self._last_rx = trio.current_time()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._reader)
+                nursery.start_soon(self._writer)
+                nursery.start_soon(self._heartbeat)
+                await self._closing.wait()
+                with trio.move_on_at(self._close_deadline):
+                    await self._done.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._abort()
+            self._rx_send.close()
+            trio.lowlevel.notify_closing(self._sock)
+            self._sock.close()
+            self._closed.set()
+
+
+Handler = Callable[[WebSocket], Awaitable[None]]
+
+
+class WsServer:
+    """The WebSocket listener: accepts, upgrades and runs `handler(ws)` per connection.
+
+    Every connection runs in its own nursery inside the server's nursery; exceptions are
+    caught (and logged) at that boundary only, so one bad connection never stops the rest.
+    """
+
+    def __init__(self, handler: Handler, *, host: str, port: int, settings: TransportSettings,
+                 authenticate: Authenticate | None = None):
+        self._handler = handler
+        self._host = host
+        self._port = port
+        self._settings = settings
+        self._authenticate = authenticate
+        self._accept_scope = trio.CancelScope()
+        self._all: set[WebSocket] = set()
+        self._shutdown: tuple[int, float] | None = None
+
+    @property
+    def connections(self) -> frozenset[WebSocket]:
+        """Connections past the handshake that are not closing."""
+        return frozenset(ws for ws in self._all if ws._open)
+
+    async def run(self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
+        """Bind, report (host, real port) through task_status, and serve until cancelled.
+
+        After stop_accepting() existing connections are still served; cancellation drops
+        every connection at once (close_all first for a graceful stop).
+        """
+        listener = await open_listener(self._host, self._port)
+        try:
+            port = listener.getsockname()[1]
+            log.debug("websocket listener on %s:%d", self._host, port)
+            async with trio.open_nursery() as nursery:
+                task_status.started((self._host, port))
+                with self._accept_scope:
+                    await accept_forever(listener, partial(nursery.start_soon, self._serve))
+                listener.close()
+                await trio.sleep_forever()
+        finally:
+            listener.close()
+
+    def stop_accepting(self) -> None:
+        """Close the listening socket; open connections carry on."""
+        self._accept_scope.cancel()
+
+    async def close_all(self, code: int, timeout_s: float) -> None:
+        """Close every connection with `code`, wait up to timeout_s for them, then drop the rest.
+
+        Backlogs are flushed before the close frame within that time. Connections that finish
+        their handshake afterwards are closed at once with the same code.
+        """
+        self._shutdown = (code, timeout_s)
+        sockets = list(self._all)
+        for ws in sockets:
+            ws._start_close(code, "server shutting down", timeout_s, drop_inbound=True)
+        with trio.move_on_after(timeout_s):
+            for ws in sockets:
+                await ws.wait_closed()
+        for ws in sockets:
+            ws._abort()
+        for ws in sockets:
+            await ws.wait_closed()
+
+    async def _serve(self, sock: socket.socket, remote: str) -> None:
+        settings = self._settings
+        ws: WebSocket | None = None
+        try:
+            with trio.move_on_after(settings.handshake_timeout_s):
+                accepted = await perform_handshake(
+                    sock, remote, path=settings.path, allowed_origins=settings.allowed_origins,
+                    max_request_bytes=settings.max_request_bytes, linger_s=settings.close_timeout_s,
+                    authenticate=self._authenticate)
+                if accepted is not None:
+                    ws = WebSocket(sock, accepted[0], accepted[1], settings, accepted[2])
+            if ws is None:
+                log.debug("handshake from %s did not complete", remote)
+                return
+            self._all.add(ws)
+            log.debug("ws %s: open from %s", ws.id, remote)
+            if self._shutdown is not None:
+                ws._start_close(self._shutdown[0], "server shutting down", self._shutdown[1],
+                                drop_inbound=True)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ws._run_io)
+                await self._run_handler(ws)
+        except OSError as exc:          # reset during the handshake and the like
+            log.debug("connection from %s failed: %s", remote, exc)
+        except Exception:
+            log.exception("connection from %s failed", remote)
+        finally:
+            if ws is None:
+                sock.close()
+            else:
+                self._all.discard(ws)
+                log.debug("ws %s: closed %s", ws.id, ws.close_code)
+
+    async def _run_handler(self, ws: WebSocket) -> None:
+        try:
+            await self._handler(ws)
+        except ConnectionClosed:
+            pass
+        except Exception:
+            log.exception("ws %s: handler failed", ws.id)
+            ws.close(CloseCode.INTERNAL, "internal error")
+            return
+        ws.close(CloseCode.NORMAL)
