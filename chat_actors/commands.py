@@ -1,0 +1,161 @@
+"""Internal commands routed to room actors, and the one-shot `Reply` some of them carry.
+
+These are not wire records (those live in `records.py`): they carry the live `Peer` that sent
+them, so the room actor can answer synchronously with `peer.deliver(...)` without ever
+awaiting a connection. Commands that need an answer outside the room's fan-out path (the
+join handshake, HTTP publishes, access checks) carry a `Reply` the sender awaits.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Generic, Protocol, TypeVar
+
+import attrs
+import trio
+
+from .errors import ChatError
+
+T = TypeVar("T")
+
+
+class Peer(Protocol):
+    """What a room actor may do with a connection: synchronous, never-blocking deliveries."""
+
+    id: str
+    user: str
+
+    def deliver(self, frame: bytes, durable: bool) -> bool:
+        """Queue one pre-encoded frame; ephemeral frames may be dropped (returns False)."""
+
+    def deliver_message(self, room: str, seq: int, frame: bytes) -> None:
+        """Queue a durable `message` frame; the (room, seq) key lets a replaying peer dedupe."""
+
+    def send_event(self, event: Any, durable: bool = True) -> bool:
+        """Encode and queue one event meant for this peer only (replies, acks)."""
+
+    def send_error(self, error: ChatError) -> None:
+        """Queue an `error` event; counts against the peer's error budget."""
+
+
+class Reply(Generic[T]):
+    """A one-shot answer slot: set once by the actor, awaited once by the requester.
+
+    Cancellation of the waiter leaves the slot unread; the actor never blocks on it.
+    """
+
+    __slots__ = ("_event", "_value", "_error")
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+        self._value: T | None = None
+        self._error: BaseException | None = None
+
+    def set(self, value: T) -> None:
+        if not self._event.is_set():
+            self._value = value
+            self._event.set()
+
+    def fail(self, error: BaseException) -> None:
+        if not self._event.is_set():
+            self._error = error
+            self._event.set()
+
+    @property
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    async def wait(self) -> T:
+        """Wait for the answer; raises the error the actor failed it with."""
+        await self._event.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+
+@attrs.frozen
+class JoinResult:
+    """The actor's answer to a join: the committed seq the replay must reach, and presence."""
+
+    seq: int
+    members: tuple[str, ...]
+    recovered: bool
+
+
+@attrs.frozen
+class PublishResult:
+    seq: int
+    ts: int
+    duplicate: bool
+
+
+@attrs.frozen(eq=False)
+class JoinCmd:
+    peer: Peer
+    since: int | None
+    ref: str | int | None
+    reply: Reply[JoinResult]
+
+
+@attrs.frozen(eq=False)
+class LeaveCmd:
+    peer: Peer
+    ref: str | int | None
+
+
+@attrs.frozen(eq=False)
+class PublishCmd:
+    """A `send`, a `dm` (direct_to set) or an HTTP publish (reply set, peer None)."""
+
+    user: str
+    client_id: str
+    text: str
+    meta: dict | None
+    ref: str | int | None = None
+    peer: Peer | None = None
+    reply: Reply[PublishResult] | None = None
+    direct_to: str | None = None
+    via_http: bool = False
+
+
+@attrs.frozen(eq=False)
+class TypingCmd:
+    peer: Peer
+    ref: str | int | None
+
+
+@attrs.frozen(eq=False)
+class ReadCmd:
+    peer: Peer
+    seq: int
+    ref: str | int | None
+
+
+@attrs.frozen(eq=False)
+class PresenceCmd:
+    """Presence query from a connection (peer) or from HTTP (reply)."""
+
+    user: str
+    ref: str | int | None = None
+    peer: Peer | None = None
+    reply: Reply[tuple[tuple[str, int], ...]] | None = None
+
+
+@attrs.frozen(eq=False)
+class AccessCmd:
+    """May `user` read this room? Answered with True or failed with Forbidden/NotFound."""
+
+    user: str
+    reply: Reply[bool]
+
+
+@attrs.frozen(eq=False)
+class DisconnectCmd:
+    peer: Peer
+
+
+@attrs.frozen(eq=False)
+class GrantCmd:
+    user: str
+
+
+RoomCommand = JoinCmd | LeaveCmd | PublishCmd | TypingCmd | ReadCmd | PresenceCmd | AccessCmd | DisconnectCmd | GrantCmd

@@ -1,0 +1,367 @@
+"""A client session on top of one WebSocket: auth, welcome, the reader loop and routing.
+
+The connection is the single writer of its socket. Room actors call `deliver` /
+`deliver_message` synchronously; those go straight to the transport, except while the
+connection *holds*: during the welcome replay of offline direct messages and during a
+`join ... since` replay, live frames are parked (bounded) and released after the replay,
+skipping messages the replay already carried, so every room stays gap-free and in order.
+
+The reader task decodes and validates each frame, applies the rate limit, and routes the
+command to a room actor. Awaiting a full room inbox is the backpressure a flooding client
+feels. Joins and history wait for the actor's answer; sends do not (acks arrive later).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import attrs
+import trio
+
+from .auth import Claims
+from .commands import (
+    AccessCmd,
+    DisconnectCmd,
+    JoinCmd,
+    JoinResult,
+    LeaveCmd,
+    PresenceCmd,
+    PublishCmd,
+    ReadCmd,
+    Reply,
+    TypingCmd,
+)
+from .config import Config
+from .errors import ChatError, CloseCode, ErrorCode, ProtocolError, RateLimited, Unavailable
+from .identity import Authenticator
+from .limits import ErrorBudget, TokenBucket
+from .metrics import Metrics
+from .protocol import Limits, decode_command, dm_room, encode_event, message_from_stored, message_json
+from .records import (
+    Auth,
+    Dm,
+    ErrorEvent,
+    History,
+    HistoryPage,
+    Join,
+    Joined,
+    Leave,
+    Ping,
+    Pong,
+    PresenceQuery,
+    Read,
+    RoomEntry,
+    Send,
+    Synced,
+    Typing,
+    Welcome,
+    WelcomeLimits,
+)
+from .registry import Registry
+from .room_state import MAX_REPLAY
+from .sessions import Sessions
+from .store import Store
+from .transport import ConnectionClosed, WebSocket, encode_text_frame
+
+log = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class ConnectionDeps:
+    """Everything a connection needs, built once by the composition root."""
+
+    config: Config
+    registry: Registry
+    store: Store
+    sessions: Sessions
+    metrics: Metrics
+    authenticate: Authenticator
+    server_name: str
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(max_text_chars=self.config.max_text_chars)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def handle_websocket(ws: WebSocket, deps: ConnectionDeps) -> None:
+    """Transport handler: authenticate (handshake token or first frame), then serve."""
+    claims = ws.handshake.principal
+    if claims is None:
+        claims = await _first_frame_auth(ws, deps)
+        if claims is None:
+            return
+    connection = Connection(ws, claims, deps)
+    await connection.run()
+
+
+async def _first_frame_auth(ws: WebSocket, deps: ConnectionDeps) -> Claims | None:
+    """PROTOCOL section 2 (3): the first frame must be a valid `auth` within the timeout."""
+    with trio.move_on_after(deps.config.auth_timeout_s) as scope:
+        try:
+            data = await ws.receive()
+        except ConnectionClosed:
+            return None
+    if scope.cancelled_caught:
+        _evict(ws, deps, CloseCode.UNAUTHORIZED, "authentication timeout", "auth")
+        return None
+    try:
+        if isinstance(data, bytes):
+            raise ProtocolError("expected an auth frame")
+        cmd = decode_command(data, deps.limits)
+        if not isinstance(cmd, Auth):
+            raise ProtocolError("the first frame must be auth")
+        return await deps.authenticate(cmd.token)
+    except ChatError as error:
+        _evict(ws, deps, CloseCode.UNAUTHORIZED, error.message[:100], "auth")
+        return None
+
+
+def _evict(ws: WebSocket, deps: ConnectionDeps, code: int, reason: str, label: str) -> None:
+    deps.metrics.evictions.labels(label).inc()
+    ws.close(code, reason)
+
+
+class Connection:
+    """One authenticated client connection (a `Peer` for room actors)."""
+
+    def __init__(self, ws: WebSocket, claims: Claims, deps: ConnectionDeps) -> None:
+        self.id = ws.id
+        self.user = claims.user
+        self._ws = ws
+        self._exp_ms = claims.exp_ms
+        self._deps = deps
+        self._limits = deps.limits
+        self.rooms: set[str] = set()
+        self._hold: list[tuple[str | None, int, bytes, bool]] | None = None
+        self._hold_bytes = 0
+        now = trio.current_time()
+        self._bucket = TokenBucket(deps.config.rate_per_second, deps.config.rate_burst, now)
+        self._budget = ErrorBudget()
+
+    # -- Peer: synchronous deliveries from actors -----------------------------------------
+    def deliver(self, frame: bytes, durable: bool) -> bool:
+        if self._hold is None:
+            return self._ws.deliver(frame, durable=durable)
+        return self._park(None, 0, frame, durable)
+
+    def deliver_message(self, room: str, seq: int, frame: bytes) -> None:
+        if self._hold is None:
+            self._ws.deliver(frame, durable=True)
+        else:
+            self._park(room, seq, frame, True)
+
+    def send_event(self, event: Any, durable: bool = True) -> bool:
+        return self.deliver(encode_text_frame(encode_event(event)), durable)
+
+    def send_error(self, error: ChatError) -> None:
+        code = error.code.value
+        self._deps.metrics.errors.labels(code).inc()
+        self.send_event(ErrorEvent(code=code, message=error.message, ref=error.ref))
+        if error.code is not ErrorCode.RATE_LIMITED and self._budget.spend(trio.current_time()):
+            _evict(self._ws, self._deps, CloseCode.POLICY, "too many errors", "errors")
+
+    # -- holding live frames during a replay ------------------------------------------------
+    def _park(self, room: str | None, seq: int, frame: bytes, durable: bool) -> bool:
+        limit = self._deps.config.send_queue_bytes
+        size = self._hold_bytes + self._ws.backlog_bytes + len(frame)
+        if not durable and size > limit // 2:
+            return False
+        if durable and size > limit:
+            _evict(self._ws, self._deps, CloseCode.SLOW_CONSUMER, "slow consumer", "slow_consumer")
+            return False
+        assert self._hold is not None
+        self._hold.append((room, seq, frame, durable))
+        self._hold_bytes += len(frame)
+        return True
+
+    def _hold_begin(self) -> None:
+        self._hold = []
+        self._hold_bytes = 0
+
+    def _hold_release(self, replayed: dict[str, int] | None = None) -> None:
+        """Deliver parked frames in order, minus messages a replay already carried."""
+        held, self._hold, self._hold_bytes = self._hold or [], None, 0
+        deliver = self._ws.deliver
+        for room, seq, frame, durable in held:
+            if room is not None and replayed and seq <= replayed.get(room, 0):
+                continue
+            deliver(frame, durable=durable)
+
+    def _send_now(self, event: Any) -> None:
+        """A reply that must reach the socket ahead of anything parked."""
+        self._ws.deliver(encode_text_frame(encode_event(event)), durable=True)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def run(self) -> None:
+        deps = self._deps
+        deps.sessions.add(self)
+        self._hold_begin()
+        try:
+            if await self._welcome():
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._watch_expiry)
+                    await self._read_loop()
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._hold = None
+            deps.sessions.remove(self)
+            await self._announce_disconnect()
+
+    async def _welcome(self) -> bool:
+        """welcome, then undelivered direct messages (paced), then synced."""
+        deps, ws = self._deps, self._ws
+        cfg = deps.config
+        try:
+            rooms = await deps.store.user_rooms(self.user)
+            self._send_now(Welcome(
+                user=self.user, session=self.id, server=deps.server_name, heartbeat=cfg.heartbeat_s,
+                limits=WelcomeLimits(
+                    max_frame_bytes=cfg.max_frame_bytes, max_text_chars=cfg.max_text_chars,
+                    rate_per_second=cfg.rate_per_second, rate_burst=cfg.rate_burst,
+                ),
+                rooms=tuple(RoomEntry(room=r.room, seq=r.seq, read=r.read) for r in rooms),
+            ))
+            backlog = await deps.store.undelivered_direct(self.user, MAX_REPLAY)
+        except ChatError as error:
+            log.warning("conn %s: store unavailable during welcome: %s", self.id, error)
+            self._hold = None
+            _evict(ws, deps, CloseCode.INTERNAL, "store unavailable", "store")
+            return False
+        replayed: dict[str, int] = {}
+        try:
+            for stored in backlog:
+                await ws.send_paced(encode_text_frame(message_json(message_from_stored(stored))))
+                replayed[stored.room] = stored.seq
+        except ConnectionClosed:
+            return False
+        self._send_now(Synced())
+        self._hold_release(replayed)
+        return True
+
+    async def _announce_disconnect(self) -> None:
+        """Tell every joined room, so presence enters its grace period (even while closing)."""
+        if not self.rooms:
+            return
+        with trio.CancelScope(shield=True), trio.move_on_after(self._deps.config.graceful_timeout_s):
+            for room in list(self.rooms):
+                try:
+                    await self._deps.registry.send(room, DisconnectCmd(self))
+                except Unavailable:
+                    return
+
+    async def _watch_expiry(self) -> None:
+        """Close with 4001 the moment the token expires."""
+        await trio.sleep(max(0.0, self._exp_ms / 1000 - time.time()))
+        _evict(self._ws, self._deps, CloseCode.UNAUTHORIZED, "token expired", "token_expired")
+
+    async def _read_loop(self) -> None:
+        ws, limits = self._ws, self._limits
+        while True:
+            try:
+                data = await ws.receive()
+            except ConnectionClosed:
+                return
+            if isinstance(data, bytes):
+                self.send_error(ProtocolError("binary frames are not supported; send JSON text"))
+                continue
+            try:
+                cmd = decode_command(data, limits)
+            except ChatError as error:
+                self.send_error(error)
+                continue
+            try:
+                await self._dispatch(cmd)
+            except ConnectionClosed:
+                return
+            except ChatError as error:
+                error.ref = getattr(cmd, "ref", None)
+                self.send_error(error)
+
+    # -- commands --------------------------------------------------------------------------
+    def _rate_ok(self, ref: str | int | None) -> bool:
+        now = trio.current_time()
+        if self._bucket.take(now):
+            return True
+        self.send_error(RateLimited("rate limit exceeded", ref=ref))
+        if self._bucket.limited(now):
+            _evict(self._ws, self._deps, CloseCode.RATE_LIMITED, "rate limit exceeded", "rate_limited")
+        return False
+
+    async def _dispatch(self, cmd: object) -> None:
+        registry = self._deps.registry
+        if isinstance(cmd, Send):
+            if self._rate_ok(cmd.ref):
+                await registry.send(cmd.room, PublishCmd(self.user, cmd.id, cmd.text, cmd.meta, cmd.ref, peer=self))
+        elif isinstance(cmd, Typing):
+            if self._rate_ok(cmd.ref):
+                await registry.send(cmd.room, TypingCmd(self, cmd.ref))
+        elif isinstance(cmd, Read):
+            await registry.send(cmd.room, ReadCmd(self, cmd.seq, cmd.ref))
+        elif isinstance(cmd, Join):
+            await self._join(cmd)
+        elif isinstance(cmd, Leave):
+            self.rooms.discard(cmd.room)
+            await registry.send(cmd.room, LeaveCmd(self, cmd.ref))
+        elif isinstance(cmd, Dm):
+            if cmd.to == self.user:
+                raise ProtocolError("cannot send a direct message to yourself")
+            if self._rate_ok(cmd.ref):
+                room = dm_room(self.user, cmd.to)
+                await registry.send(room, PublishCmd(
+                    self.user, cmd.id, cmd.text, cmd.meta, cmd.ref, peer=self, direct_to=cmd.to,
+                ))
+        elif isinstance(cmd, History):
+            await self._history(cmd)
+        elif isinstance(cmd, PresenceQuery):
+            await registry.send(cmd.room, PresenceCmd(self.user, cmd.ref, peer=self))
+        elif isinstance(cmd, Ping):
+            self.send_event(Pong(ts=_now_ms(), ref=cmd.ref))
+        elif isinstance(cmd, Auth):
+            raise ProtocolError("already authenticated")
+        else:  # pragma: no cover - the codec only yields the types above
+            raise ProtocolError("unsupported command")
+
+    async def _join(self, cmd: Join) -> None:
+        """Join, replay `since` (paced, never partial), answer `joined`, then go live."""
+        deps = self._deps
+        reply: Reply[JoinResult] = Reply()
+        self._hold_begin()
+        replayed: dict[str, int] = {}
+        try:
+            await deps.registry.send(cmd.room, JoinCmd(self, cmd.since, cmd.ref, reply))
+            result = await reply.wait()
+            self.rooms.add(cmd.room)
+            recovered = result.recovered
+            if cmd.since is not None and recovered and result.seq > cmd.since:
+                try:
+                    missed = await deps.store.messages_between(cmd.room, cmd.since, result.seq, MAX_REPLAY)
+                except ChatError:
+                    recovered = False
+                    missed = []
+                for stored in missed:
+                    await self._ws.send_paced(encode_text_frame(message_json(message_from_stored(stored))))
+                if recovered:
+                    replayed[cmd.room] = result.seq
+            self._send_now(Joined(
+                room=cmd.room, seq=result.seq, members=result.members, recovered=recovered, ref=cmd.ref,
+            ))
+        finally:
+            if self._hold is not None:
+                self._hold_release(replayed)
+
+    async def _history(self, cmd: History) -> None:
+        deps = self._deps
+        reply: Reply[bool] = Reply()
+        await deps.registry.send(cmd.room, AccessCmd(self.user, reply))
+        await reply.wait()
+        messages, more = await deps.store.history(cmd.room, before=cmd.before, after=cmd.after, limit=cmd.limit)
+        page = HistoryPage(
+            room=cmd.room, messages=tuple(message_from_stored(m) for m in messages), more=more, ref=cmd.ref,
+        )
+        await self._ws.send_paced(encode_text_frame(encode_event(page)))

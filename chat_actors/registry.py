@@ -1,0 +1,115 @@
+"""Registry: the rooms nursery, lazy spawning of room actors and their idle retirement.
+
+Spawning is synchronous (the inbox is registered before the actor task runs and loads the
+room), so two commands racing for a new room can never start two actors. Retirement is the
+mirror image: the actor retires only when its inbox is empty and nobody is blocked sending,
+and it unregisters and closes its inbox in one synchronous step. A sender that still holds
+the old inbox then gets `BrokenResourceError` on `send` and retries against a fresh actor,
+so no command that races the retirement is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import attrs
+import trio
+
+from .commands import RoomCommand
+from .errors import Unavailable
+from .room import RoomActor, RoomDeps
+
+log = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class RegistryStats:
+    rooms: int
+    inbox_depth_max: int
+    inbox_depth_total: int
+
+
+@attrs.define(eq=False)
+class _Handle:
+    send: trio.MemorySendChannel[RoomCommand]
+    actor: RoomActor
+
+
+class Registry:
+    """Routes commands to room actors, spawning them into `nursery` on first use."""
+
+    def __init__(self, nursery: trio.Nursery, deps: RoomDeps, *, inbox_size: int) -> None:
+        self._nursery = nursery
+        self._deps = deps
+        self._inbox_size = inbox_size
+        self._rooms: dict[str, _Handle] = {}
+        self._closed = False
+
+    def _spawn(self, room: str) -> _Handle:
+        send, receive = trio.open_memory_channel[RoomCommand](self._inbox_size)
+        actor = RoomActor(room, receive, self._deps, self._retire)
+        handle = _Handle(send=send, actor=actor)
+        self._rooms[room] = handle
+        self._nursery.start_soon(self._run_actor, handle, name=f"room:{room}")
+        return handle
+
+    async def _run_actor(self, handle: _Handle) -> None:
+        try:
+            await handle.actor.run()
+        except Exception:
+            log.exception("room %s: actor crashed", handle.actor.name)
+        finally:
+            if self._rooms.get(handle.actor.name) is handle:
+                del self._rooms[handle.actor.name]
+            handle.actor.inbox.close()
+
+    def _retire(self, actor: RoomActor) -> bool:
+        """Called by an idle actor: unregister and close in one step if nothing is queued."""
+        handle = self._rooms.get(actor.name)
+        stats = actor.inbox.statistics()
+        if handle is None or handle.actor is not actor or stats.current_buffer_used or stats.tasks_waiting_send:
+            return False
+        del self._rooms[actor.name]
+        actor.inbox.close()
+        return True
+
+    async def send(self, room: str, cmd: RoomCommand) -> None:
+        """Deliver `cmd` to the room's actor, spawning it if needed.
+
+        Waits while the room's inbox is full (backpressure for a flooding sender). Raises
+        `Unavailable` once the server is shutting down.
+        """
+        while True:
+            if self._closed:
+                raise Unavailable("server is shutting down")
+            handle = self._rooms.get(room)
+            if handle is None:
+                handle = self._spawn(room)
+            try:
+                await handle.send.send(cmd)
+                return
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                if self._rooms.get(room) is handle:
+                    del self._rooms[room]
+
+    def send_if_active(self, room: str, cmd: RoomCommand) -> bool:
+        """Best-effort notice to a live actor (e.g. a new grant); dropped if none or full."""
+        handle = self._rooms.get(room)
+        if handle is None:
+            return False
+        try:
+            handle.send.send_nowait(cmd)
+            return True
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+
+    def statistics(self) -> RegistryStats:
+        depths = [h.actor.inbox_depth for h in self._rooms.values()]
+        return RegistryStats(rooms=len(depths), inbox_depth_max=max(depths, default=0), inbox_depth_total=sum(depths))
+
+    async def aclose(self) -> None:
+        """Stop accepting commands and close every inbox: actors drain, commit and exit."""
+        self._closed = True
+        for handle in list(self._rooms.values()):
+            handle.send.close()
+        await trio.lowlevel.checkpoint()

@@ -1,0 +1,337 @@
+"""The room actor: one task per active room, the only code that touches its RoomState.
+
+Loop: wait for a command (or a presence/idle deadline), drain everything already queued,
+apply it in order, then commit every publish of the drain to the store in one transaction
+and only then ack and fan out. Acks therefore always follow durability, and a burst of N
+sends costs one commit instead of N.
+
+Fan-out encodes each event once (JSON, then one unmasked WebSocket frame) and hands the same
+bytes to every recipient through the synchronous `Peer.deliver*`: the actor never awaits a
+connection, so one slow client cannot hold the room.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+import attrs
+import trio
+
+from .commands import (
+    AccessCmd,
+    DisconnectCmd,
+    GrantCmd,
+    JoinCmd,
+    LeaveCmd,
+    Peer,
+    PresenceCmd,
+    PublishCmd,
+    PublishResult,
+    ReadCmd,
+    RoomCommand,
+    TypingCmd,
+)
+from .errors import ChatError, Forbidden, Internal, NotFound, Unavailable
+from .metrics import Metrics
+from .protocol import encode_event, message_json
+from .records import Ack, Left, Message, PresenceList, PresenceMember
+from .room_state import RoomState
+from .sessions import Sessions
+from .store import NewMessage, RoomBatch, Store
+from .transport import encode_text_frame
+
+log = logging.getLogger(__name__)
+
+#: the most commands one wake-up applies before committing (bounds ack latency under flood)
+MAX_BATCH = 1024
+
+
+@attrs.frozen
+class RoomDeps:
+    """What every room actor shares; passed explicitly by the composition root."""
+
+    store: Store
+    sessions: Sessions
+    metrics: Metrics
+    presence_grace_s: float
+    idle_s: float
+
+
+def _copy_error(error: ChatError, ref: str | int | None) -> ChatError:
+    """A fresh error per command, so a shared failure never carries another command's ref."""
+    return type(error)(error.message, code=error.code, ref=ref)
+
+
+class RoomActor:
+    """Owns one room's state; see the module docstring for the loop."""
+
+    def __init__(
+        self,
+        name: str,
+        inbox: trio.MemoryReceiveChannel[RoomCommand],
+        deps: RoomDeps,
+        retire: Callable[["RoomActor"], bool],
+    ) -> None:
+        self.name = name
+        self.inbox = inbox
+        self.deps = deps
+        self._retire = retire
+        self.state = RoomState(name, grace_s=deps.presence_grace_s)
+        self._cmds: list[PublishCmd] = []
+        self._msgs: list[NewMessage] = []
+        self._last_active = 0.0
+        self._handlers = {
+            JoinCmd: self._join,
+            LeaveCmd: self._leave,
+            PublishCmd: self._publish,
+            TypingCmd: self._typing,
+            ReadCmd: self._read,
+            PresenceCmd: self._presence,
+            AccessCmd: self._access,
+            DisconnectCmd: self._disconnect,
+            GrantCmd: self._grant,
+        }
+
+    @property
+    def inbox_depth(self) -> int:
+        return self.inbox.statistics().current_buffer_used
+
+    async def run(self) -> None:
+        """Serve until retired (idle) or until the registry closes the inbox (shutdown).
+
+        On shutdown the inbox is drained and the last batch committed before returning.
+        """
+        self._last_active = trio.current_time()
+        try:
+            await self._reload()
+        except ChatError:
+            log.warning("room %s: store unavailable at start; will retry on demand", self.name)
+        while True:
+            batch = await self._next_batch()
+            if batch is None:
+                await self._flush()
+                return
+            for cmd in batch:
+                await self._apply(cmd)
+            await self._flush()
+            now = trio.current_time()
+            for event in self.state.expire(now):
+                self._broadcast(encode_event(event), durable=False)
+            if batch:
+                self._last_active = now
+            elif self.state.idle() and now - self._last_active >= self.deps.idle_s and self._retire(self):
+                return
+
+    async def _next_batch(self) -> list[RoomCommand] | None:
+        """Everything queued right now ([] on a deadline, None once the inbox is closed)."""
+        deadline = self._last_active + self.deps.idle_s
+        grace = self.state.next_deadline()
+        if grace is not None:
+            deadline = min(deadline, grace)
+        with trio.move_on_at(deadline):
+            try:
+                batch = [await self.inbox.receive()]
+            except trio.EndOfChannel:
+                return None
+            receive_nowait = self.inbox.receive_nowait
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append(receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            return batch
+        return []
+
+    async def _apply(self, cmd: RoomCommand) -> None:
+        try:
+            await self._handlers[type(cmd)](cmd)
+        except ChatError as error:
+            self._fail(cmd, error)
+        except Exception:
+            log.exception("room %s: command %s failed", self.name, type(cmd).__name__)
+            self._fail(cmd, Internal("internal error"))
+
+    def _fail(self, cmd: RoomCommand, error: ChatError) -> None:
+        reply = getattr(cmd, "reply", None)
+        if reply is not None:
+            reply.fail(_copy_error(error, getattr(cmd, "ref", None)))
+            return
+        peer = getattr(cmd, "peer", None)
+        if peer is not None:
+            peer.send_error(_copy_error(error, getattr(cmd, "ref", None)))
+
+    # -- room lifecycle -------------------------------------------------------------------
+    async def _reload(self) -> None:
+        """Read the room from the store while it is not known to exist (created elsewhere?)."""
+        if not self.state.exists:
+            self.state.load(await self.deps.store.load_room(self.name))
+
+    async def _create(self, user: str, *, direct_to: str | None = None) -> None:
+        """Create the room on first use: public rooms by join/publish, direct rooms by dm."""
+        await self._reload()
+        if self.state.exists:
+            return
+        store = self.deps.store
+        now = int(time.time() * 1000)
+        participants = self.state.participants
+        if participants is not None:
+            if user not in participants:
+                raise Forbidden(f"no access to room {self.name}")
+            other = participants[1] if participants[0] == user else participants[0]
+            if await store.get_user(other) is None:
+                raise NotFound(f"unknown user {other}")
+            await store.ensure_room(self.name, kind="direct", owner=None, ts=now)
+        else:
+            await store.ensure_room(self.name, kind="public", owner=None, ts=now)
+        self.state.load(await store.load_room(self.name))
+
+    # -- commands -----------------------------------------------------------------------------
+    async def _join(self, cmd: JoinCmd) -> None:
+        if not self.state.exists:
+            await self._create(cmd.peer.user)
+        result, online = self.state.join(cmd.peer, cmd.since)
+        cmd.reply.set(result)
+        if online is not None:
+            self._broadcast(encode_event(online), durable=False, exclude=cmd.peer.id)
+
+    async def _leave(self, cmd: LeaveCmd) -> None:
+        offline = self.state.leave(cmd.peer) if self.state.can_access(cmd.peer.user) else None
+        cmd.peer.send_event(Left(room=self.name, ref=cmd.ref))
+        if offline is not None:
+            self._broadcast(encode_event(offline), durable=False)
+
+    async def _publish(self, cmd: PublishCmd) -> None:
+        state = self.state
+        if not state.exists:
+            if cmd.direct_to is not None or cmd.via_http:
+                await self._create(cmd.user, direct_to=cmd.direct_to)
+        if cmd.via_http:
+            if cmd.user != "system":
+                state.check_access(cmd.user)
+            elif state.is_direct:
+                raise Forbidden("direct rooms accept messages from their two users only")
+            elif not state.exists:
+                raise NotFound(f"room {self.name} does not exist")
+        elif cmd.direct_to is None:
+            assert cmd.peer is not None
+            state.require_joined(cmd.peer)
+        self._cmds.append(cmd)
+        self._msgs.append(NewMessage(cmd.user, cmd.client_id, cmd.text, cmd.meta, int(time.time() * 1000)))
+
+    async def _typing(self, cmd: TypingCmd) -> None:
+        event = self.state.typing(cmd.peer, trio.current_time())
+        if event is not None:
+            self._broadcast(encode_event(event), durable=False, exclude=cmd.peer.id)
+
+    async def _read(self, cmd: ReadCmd) -> None:
+        if not self.state.exists:
+            await self._reload()
+        event = self.state.read(cmd.peer, cmd.seq)
+        if event is not None:
+            self._broadcast(encode_event(event), durable=False, exclude=cmd.peer.id)
+
+    async def _presence(self, cmd: PresenceCmd) -> None:
+        if not self.state.exists:
+            await self._reload()
+        if cmd.user != "system":
+            self.state.check_access(cmd.user)
+        elif not self.state.exists:
+            raise NotFound(f"room {self.name} does not exist")
+        members = self.state.presence()
+        if cmd.reply is not None:
+            cmd.reply.set(members)
+        elif cmd.peer is not None:
+            listing = tuple(PresenceMember(user=u, connections=n) for u, n in members)
+            cmd.peer.send_event(PresenceList(room=self.name, members=listing, ref=cmd.ref))
+
+    async def _access(self, cmd: AccessCmd) -> None:
+        if not self.state.exists:
+            await self._reload()
+        if cmd.user != "system":
+            self.state.check_access(cmd.user)
+        elif not self.state.exists:
+            raise NotFound(f"room {self.name} does not exist")
+        cmd.reply.set(True)
+
+    async def _disconnect(self, cmd: DisconnectCmd) -> None:
+        self.state.disconnect(cmd.peer, trio.current_time())
+
+    async def _grant(self, cmd: GrantCmd) -> None:
+        self.state.grants.add(cmd.user)
+
+    # -- commit and fan-out ---------------------------------------------------------------------
+    async def _flush(self) -> None:
+        """Commit this drain's publishes and membership changes in one batch, then ack and fan out."""
+        state = self.state
+        if not self._msgs and not state.has_pending:
+            return
+        cmds, msgs = self._cmds, self._msgs
+        self._cmds, self._msgs = [], []
+        joins, leaves, cursors = state.take_pending()
+        if not state.exists:
+            for cmd in cmds:
+                self._fail(cmd, NotFound(f"room {self.name} does not exist"))
+            return
+        batch = RoomBatch(room=self.name, messages=tuple(msgs), joins=joins, leaves=leaves, cursors=cursors)
+        metrics = self.deps.metrics
+        started = time.perf_counter()
+        try:
+            results = await self.deps.store.commit(batch)
+        except Exception as exc:
+            if not isinstance(exc, ChatError):
+                log.exception("room %s: commit failed", self.name)
+            else:
+                log.warning("room %s: commit failed: %s", self.name, exc)
+            state.restore_pending(joins, leaves, cursors)
+            failure = Unavailable("store unavailable: the message was not stored, retry")
+            for cmd in cmds:
+                self._fail(cmd, failure)
+            return
+        metrics.observe_batch(len(msgs), time.perf_counter() - started)
+        state.committed((m.sender, r.seq) for m, r in zip(msgs, results) if not r.duplicate)
+        fresh = 0
+        for cmd, msg, res in zip(cmds, msgs, results):
+            if not res.duplicate:
+                fresh += 1
+                event = Message(
+                    room=self.name, seq=res.seq, id=msg.client_id, sender=msg.sender,
+                    text=msg.text, meta=msg.meta, ts=res.ts,
+                )
+                self._fan_out(encode_text_frame(message_json(event)), res.seq, cmd.peer)
+            if cmd.reply is not None:
+                cmd.reply.set(PublishResult(seq=res.seq, ts=res.ts, duplicate=res.duplicate))
+            elif cmd.peer is not None:
+                cmd.peer.send_event(Ack(id=msg.client_id, room=self.name, seq=res.seq, ts=res.ts, ref=cmd.ref))
+        metrics.messages_in.inc(fresh)
+
+    def _recipients(self) -> list[Peer]:
+        participants = self.state.participants
+        if participants is None:
+            return list(self.state.conns.values())
+        sessions = self.deps.sessions
+        peers = list(sessions.connections_of(participants[0]))
+        if participants[1] != participants[0]:
+            peers.extend(sessions.connections_of(participants[1]))
+        return peers
+
+    def _fan_out(self, frame: bytes, seq: int, sender: Peer | None) -> None:
+        """Hand one encoded message frame to every recipient except the sending connection."""
+        room = self.name
+        count = 0
+        for peer in self._recipients():
+            if peer is not sender:
+                peer.deliver_message(room, seq, frame)
+                count += 1
+        self.deps.metrics.deliveries_out.inc(count)
+
+    def _broadcast(self, payload: bytes, *, durable: bool, exclude: str | None = None) -> None:
+        """One ephemeral/durable event to every joined connection (minus `exclude`)."""
+        frame = encode_text_frame(payload)
+        count = 0
+        for peer in self.state.conns.values():
+            if peer.id != exclude:
+                peer.deliver(frame, durable)
+                count += 1
+        self.deps.metrics.deliveries_out.inc(count)

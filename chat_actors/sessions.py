@@ -1,0 +1,44 @@
+"""Sessions: which connections each user has open right now, on this node.
+
+Direct messages go to every device of both users whether or not they joined the dm room, so
+the dm room actor asks here instead of keeping its own member list. All mutation happens on
+the trio thread without an await in between, so the dict needs no lock.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from .commands import Peer
+
+
+class Sessions:
+    """user -> {connection id: peer}."""
+
+    def __init__(self) -> None:
+        self._by_user: dict[str, dict[str, Peer]] = {}
+        self._count = 0
+
+    def add(self, peer: Peer) -> None:
+        conns = self._by_user.setdefault(peer.user, {})
+        if peer.id not in conns:
+            conns[peer.id] = peer
+            self._count += 1
+
+    def remove(self, peer: Peer) -> None:
+        conns = self._by_user.get(peer.user)
+        if conns is None or conns.pop(peer.id, None) is None:
+            return
+        self._count -= 1
+        if not conns:
+            del self._by_user[peer.user]
+
+    def connections_of(self, user: str) -> Iterable[Peer]:
+        conns = self._by_user.get(user)
+        return conns.values() if conns else ()
+
+    def is_online(self, user: str) -> bool:
+        return user in self._by_user
+
+    def __len__(self) -> int:
+        return self._count
