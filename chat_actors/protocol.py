@@ -62,6 +62,9 @@ MAX_SEQ = 2**63 - 1
 MAX_META_DEPTH = 32
 
 _DM_PREFIX = "dm:"
+#: Marks a field missing from the frame. An explicit `null` is a value, and a wrong one for
+#: every optional field except `meta` (PROTOCOL section 3: `ref` is a string or an integer).
+_ABSENT: Any = object()
 
 
 @attrs.frozen
@@ -115,8 +118,9 @@ def dm_room(a: str, b: str) -> str:
 
 
 # --------------------------------------------------------------------------- field rules
-# Each rule takes the decoded JSON value and returns it (or the default) or raises a
-# ProtocolError naming the field. The `ref` of the frame is attached by the caller.
+# Each rule takes the decoded JSON value of a field present in the frame and returns it or
+# raises a ProtocolError naming the field (cattrs calls them only for present keys; absent
+# optional fields keep the record's default). The frame's `ref` is attached by the caller.
 
 
 def _invalid(field: str, reason: str) -> ProtocolError:
@@ -128,7 +132,7 @@ def _missing(field: object) -> ProtocolError:
 
 
 def _check_ref(value: Any) -> str | int | None:
-    if value is None:
+    if value is _ABSENT:
         return None
     if type(value) is str:
         if len(value) <= MAX_REF_CHARS:
@@ -212,18 +216,7 @@ def _check_seq(field: str) -> Callable[[Any], int]:
     return check
 
 
-def _check_optional_seq(field: str) -> Callable[[Any], int | None]:
-    required = _check_seq(field)
-
-    def check(value: Any) -> int | None:
-        return None if value is None else required(value)
-
-    return check
-
-
 def _check_limit(value: Any) -> int:
-    if value is None:
-        return DEFAULT_HISTORY_LIMIT
     if type(value) is int and 1 <= value <= MAX_HISTORY_LIMIT:
         return value
     raise _invalid("limit", f"must be an integer in 1..{MAX_HISTORY_LIMIT}")
@@ -239,9 +232,9 @@ def _rules(limits: Limits) -> dict[str, Callable[[Any], Any]]:
         "token": _check_token,
         "text": functools.partial(_check_text, limits=limits),
         "meta": functools.partial(_check_meta, limits=limits),
-        "since": _check_optional_seq("since"),
-        "before": _check_optional_seq("before"),
-        "after": _check_optional_seq("after"),
+        "since": _check_seq("since"),
+        "before": _check_seq("before"),
+        "after": _check_seq("after"),
         "seq": _check_seq("seq"),
         "limit": _check_limit,
     }
@@ -355,8 +348,9 @@ def decode_command(data: str | bytes, limits: Limits) -> Command:
     """Parse and validate one client frame (UTF-8 JSON text as str or bytes).
 
     Raises ProtocolError (bad_request) or TooLarge (too_large); `.ref` is the frame's `ref`
-    when that was itself valid, so the error event can be correlated. A `null` optional
-    field counts as absent. Unknown fields are ignored.
+    when that was itself valid, so the error event can be correlated. Unknown fields are
+    ignored. An explicit `null` is a wrongly typed value (bad_request) for every field except
+    `meta`, where it means "no meta" (clients serialise an unset optional object that way).
     """
     try:
         obj = orjson.loads(data)
@@ -364,13 +358,13 @@ def decode_command(data: str | bytes, limits: Limits) -> Command:
         raise ProtocolError("frame is not valid UTF-8 JSON") from None
     if type(obj) is not dict:
         raise ProtocolError("frame must be a JSON object")
-    ref = _check_ref(obj.get("ref"))
+    ref = _check_ref(obj.get("ref", _ABSENT))
     try:
         kind = obj.get("type")
         if kind == "send":
             return _decode_send(obj, limits, ref)
         if type(kind) is not str:
-            raise _missing("type") if kind is None else _invalid("type", "must be a string")
+            raise _missing("type") if "type" not in obj else _invalid("type", "must be a string")
         try:
             return _command_structurer(limits)(obj, Command)
         except KeyError as exc:  # the tagged union's unknown tag, or a missing field

@@ -13,6 +13,7 @@ connection, so one slow client cannot hold the room.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Callable
 
@@ -30,6 +31,8 @@ from .commands import (
     PublishCmd,
     PublishResult,
     ReadCmd,
+    Reply,
+    JoinResult,
     RoomCommand,
     TypingCmd,
 )
@@ -81,6 +84,7 @@ class RoomActor:
         self.state = RoomState(name, grace_s=deps.presence_grace_s)
         self._cmds: list[PublishCmd] = []
         self._msgs: list[NewMessage] = []
+        self._after_commit: list[tuple[Reply[JoinResult], JoinResult]] = []
         self._last_active = 0.0
         self._handlers = {
             JoinCmd: self._join,
@@ -121,12 +125,15 @@ class RoomActor:
                 self._broadcast(encode_event(event), durable=False)
             if batch:
                 self._last_active = now
-            elif self.state.idle() and now - self._last_active >= self.deps.idle_s and self._retire(self):
-                return
+            elif self.state.idle() and now - self._last_active >= self.deps.idle_s:
+                if self._retire(self):
+                    return
+                self._last_active = now  # a command raced in: stay, and wait a full period again
 
     async def _next_batch(self) -> list[RoomCommand] | None:
         """Everything queued right now ([] on a deadline, None once the inbox is closed)."""
-        deadline = self._last_active + self.deps.idle_s
+        # the idle deadline only matters once nothing live depends on this actor
+        deadline = self._last_active + self.deps.idle_s if self.state.idle() else math.inf
         grace = self.state.next_deadline()
         if grace is not None:
             deadline = min(deadline, grace)
@@ -191,8 +198,13 @@ class RoomActor:
     async def _join(self, cmd: JoinCmd) -> None:
         if not self.state.exists:
             await self._create(cmd.peer.user)
+        newly_member = cmd.peer.user not in self.state.member_users
         result, online = self.state.join(cmd.peer, cmd.since)
-        cmd.reply.set(result)
+        if newly_member:
+            # answer after the membership is committed, so the next welcome lists the room
+            self._after_commit.append((cmd.reply, result))
+        else:
+            cmd.reply.set(result)
         if online is not None:
             self._broadcast(encode_event(online), durable=False, exclude=cmd.peer.id)
 
@@ -264,11 +276,19 @@ class RoomActor:
     # -- commit and fan-out ---------------------------------------------------------------------
     async def _flush(self) -> None:
         """Commit this drain's publishes and membership changes in one batch, then ack and fan out."""
-        state = self.state
-        if not self._msgs and not state.has_pending:
+        if not self._msgs and not self.state.has_pending and not self._after_commit:
             return
         cmds, msgs = self._cmds, self._msgs
         self._cmds, self._msgs = [], []
+        deferred, self._after_commit = self._after_commit, []
+        try:
+            await self._commit(cmds, msgs)
+        finally:
+            for reply, result in deferred:
+                reply.set(result)
+
+    async def _commit(self, cmds: list[PublishCmd], msgs: list[NewMessage]) -> None:
+        state = self.state
         joins, leaves, cursors = state.take_pending()
         if not state.exists:
             for cmd in cmds:

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 _RECV_SIZE = 65536
 _IOV_MAX = 64            # buffers per sendmsg() when flushing the backlog
 _INBOX_SIZE = 8          # complete inbound messages buffered for the handler
+_MIN_SNDBUF = 65536      # kernel send buffer floor (the kernel caps it at net.core.wmem_max)
 _OPEN = ConnectionState.OPEN
 _REMOTE_CLOSING = ConnectionState.REMOTE_CLOSING
 _LOCAL_CLOSING = ConnectionState.LOCAL_CLOSING
@@ -552,6 +553,9 @@ class WsServer:
         settings = self._settings
         ws: WebSocket | None = None
         try:
+            # Bound what the kernel holds for a client that stops reading (autotuning would let
+            # it grow to megabytes), so the backlog limit -- and 4008 -- is reached in bounded memory.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, max(settings.send_queue_bytes, _MIN_SNDBUF))
             with trio.move_on_after(settings.handshake_timeout_s):
                 accepted = await perform_handshake(
                     sock, remote, path=settings.path, allowed_origins=settings.allowed_origins,

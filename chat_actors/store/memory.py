@@ -70,13 +70,22 @@ class _Room:
     def stored(self, lo: int, hi: int) -> list[StoredMessage]:
         """Messages with lo < seq <= hi (seq = index + 1, so this is a slice)."""
         lo, hi = max(lo, 0), min(hi, self.last_seq)
-        return [
-            StoredMessage(
-                self.name, m.seq, m.client_id, m.sender, m.text,
-                None if m.meta_json is None else orjson.loads(m.meta_json), m.ts,
-            )
-            for m in self.messages[lo:hi]
-        ] if lo < hi else []
+        return (
+            [
+                StoredMessage(
+                    self.name,
+                    m.seq,
+                    m.client_id,
+                    m.sender,
+                    m.text,
+                    None if m.meta_json is None else orjson.loads(m.meta_json),
+                    m.ts,
+                )
+                for m in self.messages[lo:hi]
+            ]
+            if lo < hi
+            else []
+        )
 
     def raise_cursor(self, user: str, seq: int) -> None:
         if seq > self.cursors.get(user, 0):
@@ -252,4 +261,3 @@ class MemoryStore:
 
     async def aclose(self) -> None:
         self._closed = True
-
