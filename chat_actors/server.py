@@ -76,6 +76,8 @@ def _hypercorn_config(config: Config) -> hypercorn.config.Config:
 
 async def serve(config: Config, *, task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED) -> None:
     """Run one chat server until `RunningServer.request_shutdown()` or cancellation."""
+    if not config.bus.startswith("local://"):
+        raise ValueError(f"unsupported bus URL {config.bus!r} (this version fans out in-process: local://)")
     secret = load_or_create_secret(config)
     tokens = TokenIssuer(secret, config.token_ttl_s)
     hasher = PasswordHasher()
