@@ -36,6 +36,8 @@ __all__ = [
     "UserRoom",
     "direct_participants",
     "open_store",
+    "parse_sqlite_url",
+    "validate_room",
 ]
 
 RoomKind = Literal["public", "private", "direct"]
