@@ -89,15 +89,37 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+#: close codes the server chooses to end a connection, as `chat_evictions{reason}` labels
+EVICTION_REASONS = {
+    CloseCode.IDLE: "idle",
+    CloseCode.UNAUTHORIZED: "unauthorized",
+    CloseCode.SLOW_CONSUMER: "slow_consumer",
+    CloseCode.RATE_LIMITED: "rate_limited",
+    CloseCode.POLICY: "errors",
+    CloseCode.TOO_BIG: "too_big",
+    CloseCode.INVALID_DATA: "invalid_utf8",
+    CloseCode.INTERNAL: "internal",
+}
+
+
 async def handle_websocket(ws: WebSocket, deps: ConnectionDeps) -> None:
-    """Transport handler: authenticate (handshake token or first frame), then serve."""
-    claims = ws.handshake.principal
-    if claims is None:
-        claims = await _first_frame_auth(ws, deps)
+    """Transport handler: authenticate (handshake token or first frame), then serve.
+
+    Evictions are counted here, once per connection, from the close code whoever closed
+    it chose (the transport evicts slow consumers and idle peers itself).
+    """
+    try:
+        claims = ws.handshake.principal
         if claims is None:
-            return
-    connection = Connection(ws, claims, deps)
-    await connection.run()
+            claims = await _first_frame_auth(ws, deps)
+            if claims is None:
+                return
+        connection = Connection(ws, claims, deps)
+        await connection.run()
+    finally:
+        reason = EVICTION_REASONS.get(ws.close_code)  # type: ignore[call-overload]
+        if reason is not None:
+            deps.metrics.evictions.labels(reason).inc()
 
 
 async def _first_frame_auth(ws: WebSocket, deps: ConnectionDeps) -> Claims | None:
@@ -108,7 +130,7 @@ async def _first_frame_auth(ws: WebSocket, deps: ConnectionDeps) -> Claims | Non
         except ConnectionClosed:
             return None
     if scope.cancelled_caught:
-        _evict(ws, deps, CloseCode.UNAUTHORIZED, "authentication timeout", "auth")
+        ws.close(CloseCode.UNAUTHORIZED, "authentication timeout")
         return None
     try:
         if isinstance(data, bytes):
@@ -118,13 +140,8 @@ async def _first_frame_auth(ws: WebSocket, deps: ConnectionDeps) -> Claims | Non
             raise ProtocolError("the first frame must be auth")
         return await deps.authenticate(cmd.token)
     except ChatError as error:
-        _evict(ws, deps, CloseCode.UNAUTHORIZED, error.message[:100], "auth")
+        ws.close(CloseCode.UNAUTHORIZED, error.message[:100])
         return None
-
-
-def _evict(ws: WebSocket, deps: ConnectionDeps, code: int, reason: str, label: str) -> None:
-    deps.metrics.evictions.labels(label).inc()
-    ws.close(code, reason)
 
 
 class Connection:
@@ -164,7 +181,7 @@ class Connection:
         self._deps.metrics.errors.labels(code).inc()
         self.send_event(ErrorEvent(code=code, message=error.message, ref=error.ref))
         if error.code is not ErrorCode.RATE_LIMITED and self._budget.spend(trio.current_time()):
-            _evict(self._ws, self._deps, CloseCode.POLICY, "too many errors", "errors")
+            self._ws.close(CloseCode.POLICY, "too many errors")
 
     # -- holding live frames during a replay ------------------------------------------------
     def _park(self, room: str | None, seq: int, frame: bytes, durable: bool) -> bool:
@@ -173,7 +190,7 @@ class Connection:
         if not durable and size > limit // 2:
             return False
         if durable and size > limit:
-            _evict(self._ws, self._deps, CloseCode.SLOW_CONSUMER, "slow consumer", "slow_consumer")
+            self._ws.close(CloseCode.SLOW_CONSUMER, "slow consumer")
             return False
         assert self._hold is not None
         self._hold.append((room, seq, frame, durable))
@@ -231,7 +248,7 @@ class Connection:
         except ChatError as error:
             log.warning("conn %s: store unavailable during welcome: %s", self.id, error)
             self._hold = None
-            _evict(ws, deps, CloseCode.INTERNAL, "store unavailable", "store")
+            ws.close(CloseCode.INTERNAL, "store unavailable")
             return False
         replayed: dict[str, int] = {}
         try:
@@ -258,7 +275,7 @@ class Connection:
     async def _watch_expiry(self) -> None:
         """Close with 4001 the moment the token expires."""
         await trio.sleep(max(0.0, self._exp_ms / 1000 - time.time()))
-        _evict(self._ws, self._deps, CloseCode.UNAUTHORIZED, "token expired", "token_expired")
+        self._ws.close(CloseCode.UNAUTHORIZED, "token expired")
 
     async def _read_loop(self) -> None:
         ws, limits = self._ws, self._limits
@@ -290,7 +307,7 @@ class Connection:
             return True
         self.send_error(RateLimited("rate limit exceeded", ref=ref))
         if self._bucket.limited(now):
-            _evict(self._ws, self._deps, CloseCode.RATE_LIMITED, "rate limit exceeded", "rate_limited")
+            self._ws.close(CloseCode.RATE_LIMITED, "rate limit exceeded")
         return False
 
     async def _dispatch(self, cmd: object) -> None:

@@ -30,7 +30,13 @@ from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
 from .errors import CloseCode
-from .ws_handshake import Authenticate, Handshake, accept_forever, open_listener, perform_handshake
+from .ws_handshake import (
+    Authenticate,
+    Handshake,
+    accept_forever,
+    open_listener,
+    perform_handshake,
+)
 
 __all__ = ["Authenticate", "ConnectionClosed", "Handshake", "TransportSettings", "WebSocket",
            "WsServer", "encode_binary_frame", "encode_text_frame"]
@@ -94,13 +100,15 @@ class ConnectionClosed(Exception):
 
 
 class WebSocket:
-    """One accepted connection. `deliver` may be called from any task; the rest is owned here."""
+    """One accepted connection. `deliver` may be called from any task of the same trio run
+    (never from another thread); reading, timers and flushing are owned by its own tasks."""
 
-    __slots__ = ("id", "handshake", "_sock", "_ws", "_settings", "_limit", "_half", "_open",
-                 "_backlog", "_backlog_bytes", "_partial", "_tx_wakeup", "_low_water",
-                 "_close_code", "_close_reason", "_close_queued", "_close_deadline",
-                 "_closing", "_done", "_closed", "_rx_send", "_rx_recv", "_rx_failed",
-                 "_rx_blocked", "_rx_parts", "_rx_size", "_peer_eof", "_shut_wr", "_last_rx", "_trailing")
+    __slots__ = ("_backlog", "_backlog_bytes", "_close_code", "_close_deadline",
+                 "_close_queued", "_close_reason", "_closed", "_closing", "_done",
+                 "_half", "_last_rx", "_limit", "_low_water", "_open", "_partial",
+                 "_peer_eof", "_rx_blocked", "_rx_failed", "_rx_parts", "_rx_recv",
+                 "_rx_send", "_rx_size", "_settings", "_shut_wr", "_sock", "_trailing",
+                 "_tx_wakeup", "_ws", "handshake", "id")
 
     def __init__(self, sock: socket.socket, ws: WSConnection, handshake: Handshake,
                  settings: TransportSettings, trailing: bytes = b""):

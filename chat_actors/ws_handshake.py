@@ -113,8 +113,9 @@ async def linger_close(sock: socket.socket, timeout_s: float) -> None:
 
 
 async def open_listener(host: str, port: int) -> socket.socket:
-    """A non-blocking listening TCP socket on host:port (the first address host resolves to)."""
+    """A non-blocking listening TCP socket on host:port (IPv4 first if the name has both)."""
     infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    infos.sort(key=lambda info: info[0] != socket.AF_INET)
     family, kind, proto, _, address = infos[0]
     listener = socket.socket(family, kind, proto)
     try:
@@ -225,7 +226,10 @@ async def perform_handshake(
     try:
         ws.initiate_upgrade_connection(headers, request.target)
     except RemoteProtocolError as exc:
-        invalid = exc
+        invalid = exc                   # answered below, after the path check (404 first)
+    except (h11.ProtocolError, ValueError):     # e.g. a Host that is not IDNA, a non-ASCII target
+        await _refuse_plain(sock, http, Refused(400, "malformed upgrade request"), linger_s)
+        return None
     target = request.target.decode("latin-1")
     parts = urlsplit(target)
     query = _parse_query(parts.query)

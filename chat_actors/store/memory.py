@@ -132,6 +132,7 @@ class MemoryStore:
             room.members.add(owner)
             if kind == "private":
                 room.grants.add(owner)
+        room.members.update(participants or ())  # both users of a direct room are its members
         self._rooms[name] = room
         for user in participants or ():
             self._dm_rooms.setdefault(user, set()).add(name)

@@ -250,6 +250,8 @@ def _create_room(
         conn.execute(INSERT_MEMBER, (room_id, owner))
         if kind == "private":
             conn.execute(INSERT_GRANT, (room_id, owner))
+    for user in participants or ():  # both users of a direct room are its members
+        conn.execute(INSERT_MEMBER, (room_id, user))
     return RoomInfo(name, kind, owner, 0, ts)  # type: ignore[arg-type]
 
 
