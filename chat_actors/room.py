@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Callable
+from typing import Callable, Iterable
 
 import attrs
 import trio
@@ -326,24 +326,25 @@ class RoomActor:
                 cmd.peer.send_event(Ack(id=msg.client_id, room=self.name, seq=res.seq, ts=res.ts, ref=cmd.ref))
         metrics.messages_in.inc(fresh)
 
-    def _recipients(self) -> list[Peer]:
+    def _fan_out(self, frame: bytes, seq: int, sender: Peer | None) -> None:
+        """Hand one encoded message frame to every recipient except the sending connection.
+
+        Iterates the live dicts without copying: `deliver_message` never changes membership
+        (an evicted connection leaves through its own task, later).
+        """
+        room = self.name
         participants = self.state.participants
         if participants is None:
-            return list(self.state.conns.values())
-        sessions = self.deps.sessions
-        peers = list(sessions.connections_of(participants[0]))
-        if participants[1] != participants[0]:
-            peers.extend(sessions.connections_of(participants[1]))
-        return peers
-
-    def _fan_out(self, frame: bytes, seq: int, sender: Peer | None) -> None:
-        """Hand one encoded message frame to every recipient except the sending connection."""
-        room = self.name
+            groups: tuple[Iterable[Peer], ...] = (self.state.conns.values(),)
+        else:
+            connections_of = self.deps.sessions.connections_of
+            groups = (connections_of(participants[0]), connections_of(participants[1]))
         count = 0
-        for peer in self._recipients():
-            if peer is not sender:
-                peer.deliver_message(room, seq, frame)
-                count += 1
+        for group in groups:
+            for peer in group:
+                if peer is not sender:
+                    peer.deliver_message(room, seq, frame)
+                    count += 1
         self.deps.metrics.deliveries_out.inc(count)
 
     def _broadcast(self, payload: bytes, *, durable: bool, exclude: str | None = None) -> None:

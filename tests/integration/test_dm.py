@@ -55,6 +55,25 @@ async def test_dm_delivered_to_every_recipient_connection_and_sender_other_conne
         await a1.assert_silent(0.3)
 
 
+async def test_dm_joined_connections_get_it_exactly_once(server):
+    """Joining the dm room does not double the delivery, and the sender still gets no echo."""
+    alice, bob = await _users(server, "alice", "bob")
+    async with server.connect(alice) as a1, server.connect(alice) as a2, server.connect(bob) as b1, server.connect(
+        bob
+    ) as b2:
+        await a1.dm("bob", "open the room")
+        for c in (a2, b1, b2):
+            await c.expect("message")
+        for c in (a1, a2, b1):
+            await c.join("dm:alice:bob")
+        ack = await a1.dm("bob", "once")
+        for c in (a2, b1, b2):
+            msg = await c.expect("message")
+            assert msg["seq"] == ack["seq"]
+        for c in (a1, a2, b1, b2):
+            await c.assert_silent(0.3, ignore=("presence",))
+
+
 async def test_dm_with_meta(server):
     alice, bob = await _users(server, "alice", "bob")
     async with server.connect(alice) as a, server.connect(bob) as b:

@@ -168,7 +168,17 @@ async def test_history_private_room_forbidden(server):
 
 @pytest.mark.parametrize(
     "query",
-    [{"limit": "0"}, {"limit": "201"}, {"limit": "abc"}, {"before": "-1"}, {"after": "x"}],
+    [
+        {"limit": "0"},
+        {"limit": "201"},
+        {"limit": "abc"},
+        {"limit": "1.5"},
+        {"before": "-1"},
+        {"after": "x"},
+        {"limit": "\u00b2"},  # superscript two: str.isdigit() says yes, int() says no
+        {"before": "\u00b3"},
+    ],
+    ids=["limit=0", "limit=201", "limit=abc", "limit=1.5", "before=-1", "after=x", "limit=sup2", "before=sup3"],
 )
 async def test_http_history_bad_params_400(server, query):
     alice = await server.user("alice")

@@ -182,6 +182,16 @@ async def test_shutdown_flushes_acked_messages_before_1001(server):
         await server.wait_stopped()
 
 
+async def test_shutdown_closes_unauthenticated_connection_1001(server):
+    """A connection still waiting for its first-frame `auth` is a client too."""
+    await server.user("alice")
+    async with server.connect(None, auth="none", welcome=False) as c:
+        await c.ws.ping(b"x")  # the upgrade is done and the server is reading
+        server.request_shutdown()
+        assert await c.expect_close(timeout=15) == 1001
+    await server.wait_stopped()
+
+
 async def test_acked_messages_survive_restart(server, server_factory):
     alice = await server.user("alice")
     async with server.connect(alice) as a:
