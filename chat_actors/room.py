@@ -244,13 +244,17 @@ class RoomActor:
         if event is not None:
             self._broadcast(encode_event(event), durable=False, exclude=cmd.peer.id)
 
-    async def _presence(self, cmd: PresenceCmd) -> None:
+    async def _require_readable(self, user: str) -> None:
+        """The room exists and `user` may read it (`system`, the API key, reads any room)."""
         if not self.state.exists:
             await self._reload()
-        if cmd.user != "system":
-            self.state.check_access(cmd.user)
+        if user != "system":
+            self.state.check_access(user)
         elif not self.state.exists:
             raise NotFound(f"room {self.name} does not exist")
+
+    async def _presence(self, cmd: PresenceCmd) -> None:
+        await self._require_readable(cmd.user)
         members = self.state.presence()
         if cmd.reply is not None:
             cmd.reply.set(members)
@@ -259,12 +263,7 @@ class RoomActor:
             cmd.peer.send_event(PresenceList(room=self.name, members=listing, ref=cmd.ref))
 
     async def _access(self, cmd: AccessCmd) -> None:
-        if not self.state.exists:
-            await self._reload()
-        if cmd.user != "system":
-            self.state.check_access(cmd.user)
-        elif not self.state.exists:
-            raise NotFound(f"room {self.name} does not exist")
+        await self._require_readable(cmd.user)
         cmd.reply.set(True)
 
     async def _disconnect(self, cmd: DisconnectCmd) -> None:
