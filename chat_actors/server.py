@@ -139,7 +139,9 @@ async def serve(config: Config, *, task_status: trio.TaskStatus[RunningServer] =
                         ws_url=f"ws://{_url_host(config.ws_host)}:{ws_port}/ws",
                         http_url=f"http://{_url_host(config.http_host)}:{http_port}",
                     )
-                    log.info("chat-actors listening ws=%s http=%s", info.ws_url, info.http_url)
+                    # tools wait for this line, so it shows whatever the log level
+                    level = max(logging.INFO, log.getEffectiveLevel())
+                    log.log(level, "chat-actors listening ws=%s http=%s", info.ws_url, info.http_url)
                     running = stopped = RunningServer(info)
                     task_status.started(running)
                     await running._shutdown.wait()

@@ -1,4 +1,4 @@
-"""A small test client for the wire contract (PROTOCOL.md): HTTP accounts, WebSocket sessions.
+"""A small test client for the wire contract (PROTOCOL.md): HTTP accounts, WebSocket connections.
 
 Two WebSocket clients live here on purpose:
 
@@ -116,7 +116,7 @@ def unsigned_token(sub: str, ttl_s: float = 3600) -> str:
     return f"{header}.{body}."
 
 
-# --------------------------------------------------------------------------- event helpers
+# --------------------------------------------------------------------------- reading events
 
 
 def dumps(obj: Any) -> str:
@@ -171,7 +171,7 @@ async def assert_silent(ws: WebSocketConnection, seconds: float = 0.3) -> None:
 
 
 class Conn:
-    """One WebSocket session with an event buffer.
+    """One WebSocket connection with an event buffer.
 
     `recv()` returns events in arrival order (buffered first); `expect()` returns the first
     matching event, buffered or new, and leaves the others buffered for later calls.
@@ -334,7 +334,7 @@ async def connect(
     max_message_size: int = 1 << 24,
     receive_buffer_size: int = 65536,
 ) -> AsyncIterator[Conn]:
-    """Open a session; `auth` is "header" (Bearer), "query" (?token=), "frame" (first-frame
+    """Open a connection; `auth` is "header" (Bearer), "query" (?token=), "frame" (first-frame
     `auth`) or "none". By default waits for `welcome` and everything up to `synced`."""
     hdrs = list(headers)
     url = ws_url

@@ -457,6 +457,7 @@ METRIC_FAMILIES = {
     "chat_store_batch_size": "histogram",
     "chat_store_batch_seconds": "histogram",
     "chat_room_inbox_depth_max": "gauge",
+    "chat_room_inbox_depth_total": "gauge",
 }
 
 
