@@ -195,7 +195,7 @@ class HttpApi:
             if raw is None or raw == "":
                 cursors[name] = None
                 continue
-            if not raw.isdigit():
+            if not (raw.isascii() and raw.isdigit()):
                 raise ProtocolError(f"{name} must be a non-negative integer")
             cursors[name] = int(raw)
         limit = 50 if cursors["limit"] is None else cursors["limit"]

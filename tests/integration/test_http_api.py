@@ -523,3 +523,18 @@ async def test_error_statuses_per_code(server):
             await h.post("/api/rooms/p/messages", json={"id": "1", "text": "x" * 4001}, headers=auth(alice)),
             413, "too_large",
         )
+
+
+async def test_unknown_path_404_json_error(server):
+    async with http(server.http_url) as h:
+        r = await h.get("/api/nothing-here")
+    _is_error(r, 404, "not_found")
+
+
+async def test_oversized_body_413(server):
+    alice = await register(server.http_url, "alice")
+    async with http(server.http_url) as h:
+        r = await h.post(
+            "/api/rooms/general/messages", json={"id": "1", "text": "x", "pad": "y" * 200_000}, headers=auth(alice)
+        )
+    _is_error(r, 413, "too_large")
