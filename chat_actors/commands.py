@@ -125,9 +125,12 @@ class TypingCmd:
 
 @attrs.frozen(eq=False)
 class ReadCmd:
+    """Move the read cursor; `reply` (True when it moved) is set once the cursor is committed."""
+
     peer: Peer
     seq: int
     ref: str | int | None
+    reply: Reply[bool] | None = None
 
 
 @attrs.frozen(eq=False)

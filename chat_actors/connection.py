@@ -319,7 +319,10 @@ class Connection:
             if self._rate_ok(cmd.ref):
                 await registry.send(cmd.room, TypingCmd(self, cmd.ref))
         elif isinstance(cmd, Read):
-            await registry.send(cmd.room, ReadCmd(self, cmd.seq, cmd.ref))
+            # wait for the commit, so a reconnect right after sees the cursor in `welcome`
+            moved: Reply[bool] = Reply()
+            await registry.send(cmd.room, ReadCmd(self, cmd.seq, cmd.ref, moved))
+            await moved.wait()
         elif isinstance(cmd, Join):
             await self._join(cmd)
         elif isinstance(cmd, Leave):

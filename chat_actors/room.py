@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from functools import partial
 from typing import Callable, Iterable
 
 import attrs
@@ -31,8 +32,6 @@ from .commands import (
     PublishCmd,
     PublishResult,
     ReadCmd,
-    Reply,
-    JoinResult,
     RoomCommand,
     TypingCmd,
 )
@@ -84,7 +83,8 @@ class RoomActor:
         self.state = RoomState(name, grace_s=deps.presence_grace_s)
         self._cmds: list[PublishCmd] = []
         self._msgs: list[NewMessage] = []
-        self._after_commit: list[tuple[Reply[JoinResult], JoinResult]] = []
+        #: answers that must wait until this drain's membership/cursor changes are committed
+        self._after_commit: list[Callable[[], object]] = []
         self._last_active = 0.0
         self._handlers = {
             JoinCmd: self._join,
@@ -202,7 +202,7 @@ class RoomActor:
         result, online = self.state.join(cmd.peer, cmd.since)
         if newly_member:
             # answer after the membership is committed, so the next welcome lists the room
-            self._after_commit.append((cmd.reply, result))
+            self._after_commit.append(partial(cmd.reply.set, result))
         else:
             cmd.reply.set(result)
         if online is not None:
@@ -210,7 +210,11 @@ class RoomActor:
 
     async def _leave(self, cmd: LeaveCmd) -> None:
         offline = self.state.leave(cmd.peer) if self.state.can_access(cmd.peer.user) else None
-        cmd.peer.send_event(Left(room=self.name, ref=cmd.ref))
+        left = partial(cmd.peer.send_event, Left(room=self.name, ref=cmd.ref))
+        if self.state.has_pending:
+            self._after_commit.append(left)  # the next welcome must not list the room any more
+        else:
+            left()
         if offline is not None:
             self._broadcast(encode_event(offline), durable=False)
 
@@ -243,6 +247,10 @@ class RoomActor:
         event = self.state.read(cmd.peer, cmd.seq)
         if event is not None:
             self._broadcast(encode_event(event), durable=False, exclude=cmd.peer.id)
+            if cmd.reply is not None:
+                self._after_commit.append(partial(cmd.reply.set, True))
+        elif cmd.reply is not None:
+            cmd.reply.set(False)
 
     async def _require_readable(self, user: str) -> None:
         """The room exists and `user` may read it (`system`, the API key, reads any room)."""
@@ -283,8 +291,8 @@ class RoomActor:
         try:
             await self._commit(cmds, msgs)
         finally:
-            for reply, result in deferred:
-                reply.set(result)
+            for answer in deferred:
+                answer()
 
     async def _commit(self, cmds: list[PublishCmd], msgs: list[NewMessage]) -> None:
         state = self.state
