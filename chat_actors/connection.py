@@ -82,7 +82,7 @@ class ConnectionDeps:
 
     @property
     def limits(self) -> Limits:
-        return Limits(max_text_chars=self.config.max_text_chars)
+        return Limits.from_config(self.config)
 
 
 def _now_ms() -> int:

@@ -64,7 +64,7 @@ class HttpApi:
     def __init__(self, deps: HttpDeps) -> None:
         self.d = deps
         self._buckets: collections.OrderedDict[str, TokenBucket] = collections.OrderedDict()
-        self._dummy_hash: str | None = None
+        self._limits = Limits.from_config(deps.config)
 
     # -- helpers -----------------------------------------------------------------------------
     async def _body(self, request: Request) -> dict[str, Any]:
@@ -134,12 +134,8 @@ class HttpApi:
         if not isinstance(username, str) or not isinstance(password, str):
             raise ProtocolError("username and password must be strings")
         record = await self.d.store.get_user(username)
-        if record is None:
-            if self._dummy_hash is None:
-                self._dummy_hash = await self.d.hasher.hash("not-a-real-password")
-            await self.d.hasher.verify(self._dummy_hash, password)  # same cost as a real check
-            raise Unauthorized("bad credentials")
-        if not await self.d.hasher.verify(record.password_hash, password):
+        # verify(None, ...) costs as much as a real check, so unknown names are not revealed
+        if not await self.d.hasher.verify(record.password_hash if record else None, password):
             raise Unauthorized("bad credentials")
         return _json(self._token_body(username), 200)
 
@@ -222,7 +218,7 @@ class HttpApi:
         wire = {"type": "send", "room": room, "id": body.get("id"), "text": body.get("text")}
         if body.get("meta") is not None:
             wire["meta"] = body["meta"]
-        cmd = decode_command(orjson.dumps(wire), Limits(max_text_chars=d.config.max_text_chars))
+        cmd = decode_command(orjson.dumps(wire), self._limits)
         assert isinstance(cmd, Send)
         if user != "system" and not self._rate_ok(user):
             raise RateLimited("rate limit exceeded")
