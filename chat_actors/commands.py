@@ -8,6 +8,7 @@ join handshake, HTTP publishes, access checks) carry a `Reply` the sender awaits
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 import attrs
@@ -27,8 +28,13 @@ class Peer(Protocol):
     def deliver(self, frame: bytes, durable: bool) -> bool:
         """Queue one pre-encoded frame; ephemeral frames may be dropped (returns False)."""
 
-    def deliver_message(self, room: str, seq: int, frame: bytes) -> None:
-        """Queue a durable `message` frame; the (room, seq) key lets a replaying peer dedupe."""
+    def deliver_messages(self, room: str, items: Sequence[tuple[bytes, int]], blob: bytes) -> None:
+        """Queue durable `message` frames of one room, in seq order.
+
+        `items` are (frame, seq) pairs and `blob` is their frames joined: a peer that is not
+        replaying writes the blob in one go (one syscall for a whole drain), a replaying one
+        parks the frames one by one so that the (room, seq) keys can dedupe.
+        """
 
     def send_event(self, event: Any, durable: bool = True) -> bool:
         """Encode and queue one event meant for this peer only (replies, acks)."""

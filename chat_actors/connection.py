@@ -1,7 +1,7 @@
 """A client session on top of one WebSocket: auth, welcome, the reader loop and routing.
 
 The connection is the single writer of its socket. Room actors call `deliver` /
-`deliver_message` synchronously; those go straight to the transport, except while the
+`deliver_messages` synchronously; those go straight to the transport, except while the
 connection *holds*: during the welcome replay of offline direct messages and during a
 `join ... since` replay, live frames are parked (bounded) and released after the replay,
 skipping messages the replay already carried, so every room stays gap-free and in order.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -167,11 +168,12 @@ class Connection:
             return self._ws.deliver(frame, durable=durable)
         return self._park(None, 0, frame, durable)
 
-    def deliver_message(self, room: str, seq: int, frame: bytes) -> None:
+    def deliver_messages(self, room: str, items: Sequence[tuple[bytes, int]], blob: bytes) -> None:
         if self._hold is None:
-            self._ws.deliver(frame, durable=True)
+            self._ws.deliver(blob, durable=True)
         else:
-            self._park(room, seq, frame, True)
+            for frame, seq in items:
+                self._park(room, seq, frame, True)
 
     def send_event(self, event: Any, durable: bool = True) -> bool:
         return self.deliver(encode_text_frame(encode_event(event)), durable)

@@ -32,8 +32,8 @@ class FakePeer:
     def deliver(self, frame: bytes, durable: bool) -> bool:
         return True
 
-    def deliver_message(self, room: str, seq: int, frame: bytes) -> None:
-        self.seen.append(seq)
+    def deliver_messages(self, room: str, items: list[tuple[bytes, int]], blob: bytes) -> None:
+        self.seen.extend(seq for _, seq in items)
 
 
 def snapshot() -> RoomSnapshot:
@@ -89,7 +89,7 @@ class RoomMachine(RuleBasedStateMachine):
             self.state.committed([(peer.user, seq)])
             for other in self.state.conns.values():
                 if other is not peer:
-                    other.deliver_message("general", seq, b"")
+                    other.deliver_messages("general", [(b"", seq)], b"")
             peer.seen.append(seq)  # the sender learns its seq from the ack, never from an echo
         key = (peer.user, client_id)
         if key in self.acked:
