@@ -223,10 +223,9 @@ class Connection:
         self._hold_begin()
         try:
             if await self._welcome():
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._watch_expiry)
-                    await self._read_loop()
-                    nursery.cancel_scope.cancel()
+                expiry = trio.current_time() + max(0.0, self._exp_ms / 1000 - time.time())
+                self._ws.close_at(expiry, CloseCode.UNAUTHORIZED, "token expired")
+                await self._read_loop()
         finally:
             self._hold = None
             deps.sessions.remove(self)
@@ -273,11 +272,6 @@ class Connection:
                     await self._deps.registry.send(room, DisconnectCmd(self))
                 except Unavailable:
                     return
-
-    async def _watch_expiry(self) -> None:
-        """Close with 4001 the moment the token expires."""
-        await trio.sleep(max(0.0, self._exp_ms / 1000 - time.time()))
-        self._ws.close(CloseCode.UNAUTHORIZED, "token expired")
 
     async def _read_loop(self) -> None:
         ws, limits = self._ws, self._limits

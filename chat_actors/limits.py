@@ -57,10 +57,12 @@ class ErrorBudget:
     __slots__ = ("_times",)
 
     def __init__(self) -> None:
-        self._times: deque[float] = deque(maxlen=ERROR_BUDGET + 1)
+        self._times: deque[float] | None = None      # made on the first error: most never err
 
     def spend(self, now: float) -> bool:
         """Record one error; True when the budget is exhausted."""
         times = self._times
+        if times is None:
+            times = self._times = deque(maxlen=ERROR_BUDGET + 1)
         times.append(now)
         return len(times) > ERROR_BUDGET and now - times[0] <= ERROR_WINDOW_S

@@ -25,11 +25,12 @@ from itertools import islice
 
 import attrs
 import trio
-from wsproto import WSConnection
+from wsproto.connection import Connection as WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
 from .errors import CloseCode
+from .mailbox import Mailbox
 from .ws_handshake import (
     Authenticate,
     Handshake,
@@ -55,6 +56,9 @@ _MID = struct.Struct("!BBH").pack
 _LONG = struct.Struct("!BBQ").pack
 _SHORT_TEXT = [bytes((0x81, n)) for n in range(126)]
 _SHORT_BINARY = [bytes((0x82, n)) for n in range(126)]
+# Shared by every connection with nothing queued (an empty deque costs ~760 bytes); it is
+# only ever cleared, never appended to: _queue_rest gives a connection its own first.
+_NO_BACKLOG: deque[bytes | memoryview] = deque()
 
 
 def _encode(short: list[bytes], first: int, payload: bytes) -> bytes:
@@ -103,12 +107,12 @@ class WebSocket:
     """One accepted connection. `deliver` may be called from any task of the same trio run
     (never from another thread); reading, timers and flushing are owned by its own tasks."""
 
-    __slots__ = ("_backlog", "_backlog_bytes", "_close_code", "_close_deadline",
-                 "_close_queued", "_close_reason", "_closed", "_closing", "_done",
-                 "_half", "_last_rx", "_limit", "_low_water", "_open", "_partial",
-                 "_peer_eof", "_rx_blocked", "_rx_failed", "_rx_parts", "_rx_recv",
-                 "_rx_send", "_rx_size", "_settings", "_shut_wr", "_sock", "_trailing",
-                 "_tx_wakeup", "_ws", "handshake", "id")
+    __slots__ = ("_backlog", "_backlog_bytes", "_close_at", "_close_code", "_close_deadline",
+                 "_close_queued", "_close_reason", "_closed",
+                 "_half", "_last_rx", "_limit", "_low_water", "_next_ping", "_nursery", "_open",
+                 "_partial", "_peer_eof", "_rx_blocked", "_rx_failed", "_rx", "_rx_parts",
+                 "_rx_size", "_scheduled_close", "_settings", "_shut_wr", "_sock",
+                 "_trailing", "_writing", "_ws", "handshake", "id")
 
     def __init__(self, sock: socket.socket, ws: WSConnection, handshake: Handshake,
                  settings: TransportSettings, trailing: bytes = b""):
@@ -120,19 +124,18 @@ class WebSocket:
         self._limit = settings.send_queue_bytes
         self._half = settings.send_queue_bytes // 2
         self._open = True
-        self._backlog: deque[bytes | memoryview] = deque()
+        self._backlog: deque[bytes | memoryview] = _NO_BACKLOG
         self._backlog_bytes = 0
         self._partial = False                # the backlog's head has been written in part
-        self._tx_wakeup = trio.Event()       # set when the backlog goes from empty to not empty
+        self._writing = False                # a writer task is flushing the backlog
+        self._nursery: trio.Nursery | None = None   # the connection's own, while it is served
         self._low_water: trio.Event | None = None
         self._close_code: int | None = None
         self._close_reason = ""
         self._close_queued = False
         self._close_deadline = float("inf")
-        self._closing = trio.Event()
-        self._done = trio.Event()            # the TCP connection may be torn down
         self._closed = trio.Event()          # the TCP connection is gone
-        self._rx_send, self._rx_recv = trio.open_memory_channel[str | bytes](_INBOX_SIZE)
+        self._rx: Mailbox[str | bytes] = Mailbox(_INBOX_SIZE)
         self._rx_failed = False              # wsproto reported a protocol error: parser is dead
         self._rx_blocked = False             # the reader waits for the handler, not the peer
         self._rx_parts: list = []            # fragments of the message being received
@@ -140,6 +143,9 @@ class WebSocket:
         self._peer_eof = False
         self._shut_wr = False
         self._last_rx = 0.0
+        self._next_ping = float("inf")
+        self._close_at = float("inf")        # close_at(): when the server closes it by itself
+        self._scheduled_close: tuple[int, str] = (CloseCode.NORMAL, "")
         self._trailing = trailing
 
     def __repr__(self) -> str:
@@ -221,7 +227,7 @@ class WebSocket:
         messages received before that have been returned.
         """
         try:
-            return await self._rx_recv.receive()
+            return await self._rx.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise ConnectionClosed(self._close_code, self._close_reason) from None
 
@@ -233,13 +239,26 @@ class WebSocket:
         """Wait until the TCP connection is gone."""
         await self._closed.wait()
 
+    def close_at(self, when: float, code: int, reason: str) -> None:
+        """Close with `code` once trio.current_time() reaches `when` (e.g. a token's expiry).
+
+        Checked by the listener's timer sweep (at least every heartbeat interval, at most
+        every 0.5 s), so the connection needs no timer task of its own.
+        """
+        self._close_at = when
+        self._scheduled_close = (code, reason)
+
     # --- sending ----------------------------------------------------------------------------
 
     def _queue_rest(self, data: bytes | memoryview, sent: int) -> None:
+        if self._backlog is _NO_BACKLOG:
+            self._backlog = deque()
         self._backlog.append(memoryview(data)[sent:] if sent else data)
         self._partial = sent > 0
         self._backlog_bytes += len(data) - sent
-        self._tx_wakeup.set()
+        if not self._writing and self._nursery is not None:
+            self._writing = True
+            self._nursery.start_soon(self._writer)
 
     def _write(self, data: bytes) -> None:
         """Queue bytes with no limit check (control frames, paced frames): same single writer."""
@@ -287,15 +306,19 @@ class WebSocket:
         return True
 
     async def _writer(self) -> None:
+        """Flush the backlog as the socket drains, then end: a task exists only under backpressure."""
         sock = self._sock
-        while True:
-            await self._tx_wakeup.wait()
+        try:
             while not self._flush():
                 self._notify_low_water()
                 await trio.lowlevel.wait_writable(sock)
-            self._tx_wakeup = trio.Event()
-            self._notify_low_water()
-            self._check_finish()
+        except trio.ClosedResourceError:
+            return                      # torn down meanwhile (_finish)
+        finally:
+            self._writing = False
+        self._backlog = _NO_BACKLOG     # drained: give the buffer back
+        self._notify_low_water()
+        self._check_finish()
 
     def _notify_low_water(self) -> None:
         event = self._low_water
@@ -313,8 +336,7 @@ class WebSocket:
         self._close_reason = reason
         self._close_deadline = trio.current_time() + timeout_s
         if drop_inbound:
-            self._rx_recv.close()
-        self._closing.set()
+            self._rx.close_receive()
         self._notify_low_water()
         if self._ws.state in (_OPEN, _REMOTE_CLOSING):
             self._write(self._ws.send(CloseConnection(code=code, reason=reason)))
@@ -338,7 +360,7 @@ class WebSocket:
         if self._backlog or not self._close_queued:
             return
         if self._ws.state is _CLOSED or self._peer_eof:
-            self._done.set()
+            self._finish()
         elif self._rx_failed and not self._shut_wr:
             self._shut_wr = True        # the parser is dead: we cannot read their close frame
             try:
@@ -353,9 +375,24 @@ class WebSocket:
         self._open = False
         self._backlog.clear()
         self._backlog_bytes = 0
-        self._closing.set()
-        self._done.set()
+        self._finish()
         self._notify_low_water()
+
+    def _finish(self) -> None:
+        """Tear the TCP connection down (the close handshake is over, or it was abandoned).
+
+        Nothing is left to write by then. Waits on the socket end with ClosedResourceError,
+        and the handler sees the end of its inbound messages once it has read the ones that
+        came before, so teardown never waits for the handler.
+        """
+        if self._closed.is_set():
+            return
+        self._rx.close_send()
+        sock = self._sock
+        if sock.fileno() != -1:
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
+        self._closed.set()
 
     # --- receiving --------------------------------------------------------------------------
 
@@ -363,7 +400,7 @@ class WebSocket:
         sock = self._sock
         data = self._trailing
         self._trailing = b""
-        async with self._rx_send:
+        try:
             while True:
                 if data:
                     await self._feed(data)
@@ -372,7 +409,10 @@ class WebSocket:
                     data = sock.recv(_RECV_SIZE)
                 except BlockingIOError:
                     data = b""
-                    await trio.lowlevel.wait_readable(sock)
+                    try:
+                        await trio.lowlevel.wait_readable(sock)
+                    except trio.ClosedResourceError:
+                        return          # torn down (_finish)
                     continue
                 except OSError:
                     self._abort()
@@ -384,6 +424,8 @@ class WebSocket:
                     else:
                         self._abort()
                     return
+        finally:
+            self._rx.close_send()
 
     async def _feed(self, data: bytes) -> None:
         if self._rx_failed or self._ws.state is _CLOSED:
@@ -426,7 +468,7 @@ class WebSocket:
     async def _hand_over(self, message: str | bytes) -> None:
         self._rx_blocked = True
         try:
-            await self._rx_send.send(message)
+            await self._rx.send(message)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass                        # the handler closed the connection; drop
         finally:
@@ -449,45 +491,53 @@ class WebSocket:
 
     # --- timers and lifetime ----------------------------------------------------------------
 
-    async def _heartbeat(self) -> None:
+    def _tick(self, now: float) -> None:
+        """Timers, run by the listener's sweep: ping every heartbeat, 4000 when idle, close_at."""
+        if not self._open:
+            if now >= self._close_deadline and not self._closed.is_set():
+                self._abort()           # the peer never answered our close frame
+            return
+        if now >= self._close_at:
+            self.close(*self._scheduled_close)
+            return
         interval = self._settings.heartbeat_s
         if interval <= 0:
             return
-        next_ping = trio.current_time() + interval
-        while self._open:
-            await trio.sleep_until(min(next_ping, self._last_rx + 2 * interval))
-            if not self._open:
-                return
-            now = trio.current_time()
-            if self._rx_blocked:
-                self._last_rx = now     # our handler is slow, not the peer
-            elif now >= self._last_rx + 2 * interval:
-                log.info("ws %s: idle for %.1fs, closing 4000", self.id, now - self._last_rx)
-                self.close(CloseCode.IDLE, "idle")
-                return
-            if now >= next_ping:
-                if self._ws.state is _OPEN:
-                    self._write(self._ws.send(Ping()))
-                next_ping = now + interval
+        if self._rx_blocked:
+            self._last_rx = now         # our handler is slow, not the peer
+        elif now >= self._last_rx + 2 * interval:
+            log.info("ws %s: idle for %.1fs, closing 4000", self.id, now - self._last_rx)
+            self.close(CloseCode.IDLE, "idle")
+            return
+        if now >= self._next_ping:
+            if self._ws.state is _OPEN:
+                self._write(self._ws.send(Ping()))
+            self._next_ping = now + interval
 
-    async def _run_io(self) -> None:
-        """Reader, writer and heartbeat; returns when the TCP connection is gone."""
-        self._last_rx = trio.current_time()
+    async def _serve_io(self, handler: Callable[[WebSocket], Awaitable[None]]) -> None:
+        """Reader task beside the handler (run in this task); returns when the TCP connection is gone.
+
+        The writer task is started only while a backlog exists, and timers live in the
+        listener's sweep: an idle connection costs one task besides this one.
+        """
+        now = trio.current_time()
+        self._last_rx = now
+        if self._settings.heartbeat_s > 0:
+            self._next_ping = now + self._settings.heartbeat_s
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 nursery.start_soon(self._reader)
-                nursery.start_soon(self._writer)
-                nursery.start_soon(self._heartbeat)
-                await self._closing.wait()
+                if self._backlog and not self._writing:
+                    self._writing = True
+                    nursery.start_soon(self._writer)
+                await handler(self)     # it closes the connection before it returns
                 with trio.move_on_at(self._close_deadline):
-                    await self._done.wait()
+                    await self._closed.wait()
                 nursery.cancel_scope.cancel()
         finally:
+            self._nursery = None
             self._abort()
-            self._rx_send.close()
-            trio.lowlevel.notify_closing(self._sock)
-            self._sock.close()
-            self._closed.set()
 
 
 Handler = Callable[[WebSocket], Awaitable[None]]
@@ -527,6 +577,7 @@ class WsServer:
             port = listener.getsockname()[1]
             log.debug("websocket listener on %s:%d", self._host, port)
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._sweep)
                 task_status.started((self._host, port))
                 with self._accept_scope:
                     await accept_forever(listener, partial(nursery.start_soon, self._serve))
@@ -534,6 +585,16 @@ class WsServer:
                 await trio.sleep_forever()
         finally:
             listener.close()
+
+    async def _sweep(self) -> None:
+        """One timer task for every connection: heartbeats, idle closes and close_at deadlines."""
+        heartbeat = self._settings.heartbeat_s
+        period = min(0.5, heartbeat / 2) if heartbeat > 0 else 0.5
+        while True:
+            await trio.sleep(period)
+            now = trio.current_time()
+            for ws in self._all:
+                ws._tick(now)
 
     def stop_accepting(self) -> None:
         """Close the listening socket; open connections carry on."""
@@ -579,9 +640,7 @@ class WsServer:
             if self._shutdown is not None:
                 ws._start_close(self._shutdown[0], "server shutting down", self._shutdown[1],
                                 drop_inbound=True)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(ws._run_io)
-                await self._run_handler(ws)
+            await ws._serve_io(self._run_handler)
         except OSError as exc:          # reset during the handshake and the like
             log.debug("connection from %s failed: %s", remote, exc)
         except Exception:

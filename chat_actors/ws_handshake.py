@@ -24,6 +24,7 @@ import attrs
 import h11
 import trio
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import Connection
 from wsproto.events import AcceptConnection, RejectConnection, RejectData
 from wsproto.utilities import RemoteProtocolError
 
@@ -49,10 +50,15 @@ class Handshake:
 
     path: str
     query: Mapping[str, str] = attrs.field(repr=False)
-    headers: tuple[tuple[str, str], ...] = attrs.field(repr=False)   # never log tokens
+    raw_headers: tuple[tuple[bytes, bytes], ...] = attrs.field(repr=False)   # never log tokens
     token: str | None = attrs.field(repr=False)
     remote: str = attrs.field()
     principal: object | None = None
+
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        """(name, value) as text, decoded on demand: most connections never look."""
+        return tuple((n.decode("latin-1"), v.decode("latin-1")) for n, v in self.raw_headers)
 
 
 class Refused(Exception):
@@ -200,7 +206,7 @@ async def perform_handshake(
     max_request_bytes: int,
     linger_s: float,
     authenticate: Authenticate | None,
-) -> tuple[WSConnection, Handshake, bytes] | None:
+) -> tuple[Connection, Handshake, bytes] | None:
     """Answer the upgrade on `sock`: 101 and (wsproto connection, Handshake, trailing bytes), or None.
 
     On None the refusal (if any) has been written and the socket half-closed; the caller
@@ -233,7 +239,6 @@ async def perform_handshake(
     target = request.target.decode("latin-1")
     parts = urlsplit(target)
     query = _parse_query(parts.query)
-    text_headers = tuple((n.decode("latin-1"), v.decode("latin-1")) for n, v in headers)
     try:
         if parts.path != path:
             raise Refused(404, f"no WebSocket endpoint at {parts.path}")
@@ -242,7 +247,7 @@ async def perform_handshake(
             status = hint.status_code if isinstance(hint, RejectConnection) else 400
             extra = tuple(hint.headers) if isinstance(hint, RejectConnection) else ()
             raise Refused(status, str(invalid), extra)
-        origin = next((v for n, v in text_headers if n == "origin"), None)
+        origin = next((v.decode("latin-1") for n, v in headers if n == b"origin"), None)
         if origin is not None and allowed_origins and origin not in allowed_origins:
             raise Refused(403, "origin not allowed")
         token = _token_from(headers, query)
@@ -252,9 +257,10 @@ async def perform_handshake(
         return None
     await send_all(sock, ws.send(AcceptConnection()))
     trailing, _closed = http.trailing_data
-    handshake = Handshake(path=parts.path, query=query, headers=text_headers, token=token,
+    handshake = Handshake(path=parts.path, query=query, raw_headers=tuple(headers), token=token,
                           remote=remote, principal=principal)
-    return ws, handshake, trailing
+    assert ws.connection is not None
+    return ws.connection, handshake, trailing       # the upgrade's h11 state is not kept
 
 
 async def _authenticate(authenticate: Authenticate | None, token: str | None) -> object | None:
