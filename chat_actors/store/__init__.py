@@ -192,8 +192,10 @@ class Store(Protocol):
     * Lists of rooms are ordered by room name, member lists by username, messages by seq.
 
     Cancellation: a write cancelled before it reaches the backend did nothing; once it has, it
-    is never abandoned half way: the caller waits for COMMIT or ROLLBACK and gets the outcome,
-    and the cancellation arrives at its next checkpoint. A cancelled read returns at once.
+    is never abandoned half way (it commits or rolls back whole). A `commit` whose group is
+    already running when its caller is cancelled still commits, and the caller sees
+    Cancelled instead of the results (clients retry with the same id; dedup answers the
+    original ack). A cancelled read returns at once.
     """
 
     async def create_user(self, username: str, password_hash: str, ts: int) -> None:

@@ -5,12 +5,15 @@ Threading model (why it is safe and why it is fast):
 * **One writer connection**, reached only through ``trio.to_thread.run_sync`` with a
   ``CapacityLimiter(1)``. SQLite allows one writer at a time anyway; funnelling every write
   through one connection means writers queue in trio (cheap, cancellable while waiting)
-  instead of spinning on SQLITE_BUSY, and each room batch is one ``BEGIN IMMEDIATE ...
-  COMMIT``. Successive calls may run on different worker threads, never two at once, so the
-  connection is opened with ``check_same_thread=False`` (sqlite3 is built serialized here;
-  the limiter is what gives the one-at-a-time guarantee). Writes use
-  ``abandon_on_cancel=False``: a commit is never abandoned half way, the cancelled caller
-  waits for COMMIT or ROLLBACK.
+  instead of spinning on SQLITE_BUSY. Successive calls may run on different worker
+  threads, never two at once, so the connection is opened with ``check_same_thread=False``
+  (sqlite3 is built serialized here; the limiter is what gives the one-at-a-time
+  guarantee). Writes use ``abandon_on_cancel=False``: a write is never abandoned half way.
+* **Group commit** for room batches (``group_commit``): batches of different rooms that
+  arrive while a transaction runs are written together in the next one, one thread hop and
+  one ``BEGIN IMMEDIATE ... COMMIT`` for the lot, each batch inside its own SAVEPOINT so a
+  failing batch is rolled back alone. With many busy rooms the per-transaction cost (and
+  under ``synchronous=full`` the fsync) is paid once per group instead of once per room.
 * **A pool of reader connections** (``readers``, default 4) behind its own limiter with as
   many tokens as connections. A worker thread takes a connection from a thread-safe queue
   and puts it back when done, so each connection is used by one thread at a time. Reads use
@@ -25,7 +28,7 @@ commit appends its frames to the -wal file with write() before COMMIT returns, s
 ``kill -9`` of the server, which is what "acked = durable" promises (PROTOCOL section 5).
 NORMAL skips the fsync per commit; an OS crash or power cut can lose the last commits but
 never corrupts the file. ``sqlite:///path.db?synchronous=full`` fsyncs the WAL on every
-commit for power-loss durability at the cost of one fsync per batch.
+commit for power-loss durability at the cost of one fsync per transaction (per group).
 ``busy_timeout`` (5 s) covers another process (a backup, an admin shell) holding a lock.
 """
 
@@ -54,6 +57,7 @@ from chat_actors.store import (
     validate_room,
 )
 from chat_actors.store import migrations as _migrations
+from chat_actors.store.group_commit import GroupCommitter, Outcome
 
 __all__ = ["SqliteStore"]
 
@@ -302,6 +306,56 @@ def _commit(conn: sqlite3.Connection, batch: RoomBatch) -> list[AppendResult]:
     return results
 
 
+def _unavailable(exc: sqlite3.Error) -> errors.Unavailable:
+    """The caller's view of a backend failure: nothing was kept, it may retry."""
+    failure = errors.Unavailable(f"store write failed: {exc}")
+    failure.__cause__ = exc  # as ``raise ... from exc`` would
+    return failure
+
+
+def _batch_failure(exc: Exception) -> Exception:
+    if isinstance(exc, sqlite3.Error):
+        log.warning("sqlite write %s failed: %s", _commit.__name__, exc)
+        return _unavailable(exc)
+    return exc
+
+
+def _commit_group(conn: sqlite3.Connection, batches: list[RoomBatch]) -> list[Outcome[list[AppendResult]]]:
+    """Commit several rooms' batches in one transaction, each failing or succeeding alone.
+
+    A batch that raises is rolled back to its SAVEPOINT and gets its exception as outcome;
+    the others are kept. If the transaction itself fails (BEGIN, a savepoint, COMMIT),
+    nothing is kept and every batch gets errors.Unavailable. A lone batch skips the
+    savepoint: that is the common case when the store is not busy.
+    """
+    if len(batches) == 1:
+        try:
+            return [_transaction(conn, _commit, batches[0])]
+        except Exception as exc:
+            return [_batch_failure(exc)]
+    _rollback(conn)  # as in _transaction: an earlier failed ROLLBACK must not wedge writes
+    outcomes: list[Outcome[list[AppendResult]]] = []
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for batch in batches:
+            conn.execute("SAVEPOINT batch")
+            try:
+                outcomes.append(_commit(conn, batch))
+            except Exception as exc:
+                conn.execute("ROLLBACK TO batch")
+                outcomes.append(_batch_failure(exc))
+            conn.execute("RELEASE batch")
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        _rollback(conn)
+        log.warning("sqlite write %s failed for a group of %d batches: %s", _commit.__name__, len(batches), exc)
+        return [_unavailable(exc) for _ in batches]
+    except BaseException:
+        _rollback(conn)
+        raise
+    return outcomes
+
+
 # --- read bodies (run on a reader connection) --------------------------------------------
 
 
@@ -399,6 +453,10 @@ class SqliteStore:
         self._reader_count = len(readers)
         self._read_limiter = trio.CapacityLimiter(len(readers))
         self._closed = False
+        # Same limiter as _write: a group and any other write never share the connection.
+        self._committer: GroupCommitter[RoomBatch, list[AppendResult]] = GroupCommitter(
+            self._run_commits, limiter=self._write_limiter
+        )
 
     @classmethod
     async def open(
@@ -461,6 +519,20 @@ class SqliteStore:
             log.warning("sqlite write %s failed: %s", body.__name__, exc)
             raise errors.Unavailable(f"store write failed: {exc}") from exc
 
+    def _run_commits(self, batches: list[RoomBatch]) -> list[Outcome[list[AppendResult]]]:
+        conn = self._writer
+        if conn is None:
+            return [errors.Unavailable("store is closed") for _ in batches]
+        return _commit_group(conn, batches)
+
+    @property
+    def commit_groups(self) -> int:
+        """Groups ``commit`` has run so far, one thread hop and transaction each.
+
+        Fewer groups than commits means commits shared transactions (for tests and metrics).
+        """
+        return self._committer.groups
+
     def _run_read(self, body: Callable[..., T], args: tuple) -> T:
         try:
             conn = self._readers.get_nowait()
@@ -513,7 +585,10 @@ class SqliteStore:
         await self._write(_add_grant, room, user)
 
     async def commit(self, batch: RoomBatch) -> list[AppendResult]:
-        return await self._write(_commit, batch)
+        """Write ``batch`` in the next group commit (shared with other rooms' batches)."""
+        if self._closed:
+            raise errors.Unavailable("store is closed")
+        return await self._committer.commit(batch)
 
     async def find_message(self, room: str, sender: str, client_id: str) -> AppendResult | None:
         return await self._read(_find, room, sender, client_id)
