@@ -246,7 +246,10 @@ class RoomActor:
             await self._reload()
         event = self.state.read(cmd.peer, cmd.seq)
         if event is not None:
-            self._broadcast(encode_event(event), durable=False, exclude=cmd.peer.id)
+            # relayed once the cursor is committed: whoever sees it and reconnects at once
+            # finds the same cursor in welcome
+            self._after_commit.append(partial(self._broadcast, encode_event(event), durable=False,
+                                              exclude=cmd.peer.id))
             if cmd.reply is not None:
                 self._after_commit.append(partial(cmd.reply.set, True))
         elif cmd.reply is not None:
