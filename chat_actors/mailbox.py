@@ -32,6 +32,25 @@ class Mailbox(Generic[T]):
         self._ended = False                    # send side closed
         self._dropped = False                  # receive side closed
 
+    def put_nowait(self, item: T) -> bool:
+        """Hand over without a schedule point; False when full (then `await send`).
+
+        Raises like `send` once either side is closed.
+        """
+        if self._dropped:
+            raise trio.BrokenResourceError
+        if self._ended:
+            raise trio.ClosedResourceError
+        receiver = self._receiver
+        if receiver is not None:
+            self._receiver = None
+            trio.lowlevel.reschedule(receiver, outcome.Value(item))
+            return True
+        if len(self._items) < self._limit:
+            self._items.append(item)
+            return True
+        return False
+
     async def send(self, item: T) -> None:
         await checkpoint_if_cancelled()
         if self._dropped:

@@ -38,7 +38,7 @@ from cattrs.preconf.orjson import OrjsonConverter, make_converter
 from cattrs.strategies import configure_tagged_union
 
 from .errors import ProtocolError, TooLarge
-from .records import COMMAND_TYPES, EVENT_TYPES, Command, Event, HistoryPage, Message, Send
+from .records import COMMAND_TYPES, EVENT_TYPES, Ack, Command, Event, HistoryPage, Message, Send
 
 __all__ = [
     "ROOM_RE", "USERNAME_RE", "MAX_REF_CHARS", "MAX_ID_CHARS", "MAX_HISTORY_LIMIT",
@@ -468,6 +468,11 @@ def encode_event(event: Event) -> bytes:
     cls = type(event)
     if cls is Message:
         return orjson.dumps(_message_dict(event))
+    if cls is Ack:                      # one per stored message: skip the cattrs unstructure
+        ack: dict[str, Any] = {"type": "ack", "id": event.id, "room": event.room, "seq": event.seq, "ts": event.ts}
+        if event.ref is not None:
+            ack["ref"] = event.ref
+        return orjson.dumps(ack)
     if cls is HistoryPage:
         return orjson.dumps(_history_dict(event))
     if cls not in _EVENT_CLASSES:

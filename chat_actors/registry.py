@@ -86,7 +86,10 @@ class Registry:
             if handle is None:
                 handle = self._spawn(room)
             try:
-                await handle.send.send(cmd)
+                try:
+                    handle.send.send_nowait(cmd)     # the usual case: no schedule point per command
+                except trio.WouldBlock:
+                    await handle.send.send(cmd)
                 return
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 if self._rooms.get(room) is handle:
