@@ -1,0 +1,103 @@
+"""`python -m bench SCENARIO [SCENARIO ...]`: run scenarios against ours and the peer.
+
+The exact interface is documented in bench/README.md; `--help` lists every option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.procs import Processes, raise_fd_limit
+from bench.report import machine, write
+from bench.runner import Context, done_line
+from bench.scenarios import SCENARIOS
+
+ORDER = ["fanout", "rooms", "dm", "idle", "connect", "ingest"]
+
+
+def _numbers(text: str) -> list[float]:
+    return [float(x) if "." in x else int(x) for x in text.split(",") if x]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("scenarios", nargs="+", choices=[*ORDER, "all"], metavar="SCENARIO",
+                   help=f"one or more of {', '.join(ORDER)}, or all")
+    p.add_argument("--quick", action="store_true", help="smaller steps and shorter windows (all in < 2 min)")
+    p.add_argument("--smoke", action="store_true", help="a few messages only: checks that the harness works")
+    p.add_argument("--peer", choices=("node", "none"), default="node",
+                   help="run the Node.js ws reference peer in the same invocation (default node)")
+    p.add_argument("--store", metavar="URL", help="CHAT_STORE for the server under test "
+                   "(default: SQLite in a temporary directory)")
+    p.add_argument("--out", metavar="DIR", type=Path, default=Path("bench/results"),
+                   help="where the JSON, Markdown and PNG files go (default bench/results)")
+    p.add_argument("--profile", action="store_true",
+                   help="record the server under test with py-spy (raw stacks in the output directory)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--connections", type=int, help="fanout/idle/connect: connections (default per scenario)")
+    p.add_argument("--rooms", type=int, help="rooms: number of rooms; connect: rooms joined")
+    p.add_argument("--members", type=int, help="rooms: members per room; ingest: senders per room")
+    p.add_argument("--rates", type=_numbers, help="comma-separated offered rates to step through "
+                   "(fanout, ingest: msgs/s in total; rooms: msgs/s per connection)")
+    p.add_argument("--duration", type=float, help="seconds each step offers load")
+    p.add_argument("--users", type=int, help="users registered over HTTP (connections are their devices)")
+    p.add_argument("--storm", type=int, help="connect: clients in the reconnect storm")
+    p.add_argument("--senders", type=int, help="ingest: sending connections")
+    p.add_argument("--pairs", type=int, help="dm: user pairs")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    names = ORDER if "all" in args.scenarios else list(dict.fromkeys(args.scenarios))
+    raise_fd_limit()
+    params = {k: getattr(args, k) for k in ("connections", "rooms", "members", "rates", "duration", "users",
+                                             "storm", "senders", "pairs")}
+    procs = Processes()
+    ctx = Context(procs=procs, quick=args.quick, smoke=args.smoke, store=args.store, peer=args.peer == "node",
+                  params=params)
+    if args.profile:
+        procs.profile_dir = args.out
+    started = time.monotonic()
+    stamp = dt.datetime.now(dt.timezone.utc)
+    run: dict[str, Any] = {
+        "started": stamp.isoformat(timespec="seconds"),
+        "command": "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "machine": machine(),
+        "pinning": (f"server on CPU {procs.server_cpus}, generators on CPU {procs.gen_cpus}"
+                    + (" (taskset)" if __import__("shutil").which("taskset") else " (no taskset: unpinned)")),
+        "mode": "smoke" if args.smoke else "quick" if args.quick else "full",
+        "scenarios": {},
+    }
+    done_line(f"chat_actors bench: {', '.join(names)} ({run['mode']}); {run['pinning']}")
+    code = 0
+    try:
+        for name in names:
+            done_line(f"[{name}]")
+            procs.profile_label = f"profile-{name}"
+            try:
+                run["scenarios"][name] = SCENARIOS[name](ctx)
+            except Exception as exc:
+                code = 1
+                done_line(f"  {name} failed: {type(exc).__name__}: {exc}")
+                run["scenarios"][name] = {"error": f"{type(exc).__name__}: {exc}", "targets": {}, "table": []}
+    except KeyboardInterrupt:
+        code = 130
+        done_line("interrupted: stopping everything")
+    finally:
+        procs.close()
+    run["ceilings"] = ctx.ceilings
+    run["profiles"] = procs.profiles
+    run["duration_s"] = round(time.monotonic() - started, 1)
+    stem = stamp.strftime("%Y%m%dT%H%M%SZ") + "-" + "-".join(names if len(names) < 6 else ["all"])
+    paths = write(run, args.out, stem, with_plots=not args.no_plots)
+    print(paths["markdown"].read_text())
+    done_line(f"wrote {paths['json']} and {paths['markdown']}" + (f" and {len(run.get('plots', []))} plots"
+                                                                    if run.get("plots") else ""))
+    return code

@@ -1,0 +1,161 @@
+"""What every scenario shares: the run context, one measured step, and the pass rules.
+
+A step offers a fixed rate for a fixed time, lets the deliveries drain (bounded), then
+reads the counters of every generator and the server's CPU and RSS. Lost, duplicated and
+out-of-order deliveries are counted on every step; a step is "sustained" when p99 <= 50 ms,
+>= 99% was delivered, and nothing was duplicated, reordered or evicted.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.procs import GeneratorProc, Processes, Target, call_all
+from bench.stats import merge, percentiles
+
+P99_LIMIT_MS = 50.0
+DELIVERED_MIN = 0.99
+GENERATOR_BOUND = 0.8          # within 80% of the generator's ceiling: not claimed
+GENERATOR_BUSY = 0.9           # flagged: the generator's own queueing is in the latency
+
+
+@dataclass
+class Context:
+    procs: Processes
+    quick: bool
+    smoke: bool
+    store: str | None
+    peer: bool
+    params: dict[str, Any]
+    ceilings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def gens(self) -> list[GeneratorProc]:
+        return self.procs.start_generators()
+
+    def param(self, name: str, full: Any, quick: Any, smoke: Any) -> Any:
+        given = self.params.get(name)
+        if given is not None:
+            return given
+        return smoke if self.smoke else quick if self.quick else full
+
+
+def progress(text: str) -> None:
+    """One status line, rewritten in place on a terminal."""
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\033[K" + text)
+    else:
+        sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+def done_line(text: str) -> None:
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\033[K")
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+def gen_cpu(gens: list[GeneratorProc]) -> float:
+    total = 0.0
+    for gen in gens:
+        t = gen.ps.cpu_times()
+        total += t.user + t.system
+    return total
+
+
+def run_step(ctx: Context, target: Target, *, rate: float, senders: list[list[list[Any]]],
+             fanout: int, duration: float, kind: str = "send", size: int = 200, label: str = "",
+             shape: str = "ours", keep_sent_by: bool = False) -> dict[str, Any]:
+    """Offer `rate` msgs/s (split over the generators by their share of `senders`) for
+    `duration` s; every message should reach `fanout` connections."""
+    gens = ctx.gens
+    total_senders = sum(len(s) for s in senders) or 1
+    per_gen = []
+    for gen_senders in senders:
+        share = rate * len(gen_senders) / total_senders
+        per_gen.append({"senders": gen_senders, "rate": share, "duration": duration, "kind": kind,
+                        "size": size, "expect": 0, "acks": 0, "drain": 3.0 if not ctx.smoke else 2.0})
+    # each generator waits for its own expected deliveries: share out the total evenly
+    expected_total = int(rate * duration) * fanout
+    for fields in per_gen:
+        fields["expect"] = expected_total // len(per_gen)
+        fields["acks"] = int(fields["rate"] * duration) if target.name == "ours" and kind != "raw" else 0
+    progress(f"  {target.name} {label} offering {rate:g} msg/s for {duration:g}s ...")
+    cpu0, gcpu0, wall0 = target.cpu_s(), gen_cpu(gens), time.monotonic()
+    replies = call_all(gens, "run", per_gen)
+    wall = time.monotonic() - wall0
+    server_cpu = (target.cpu_s() - cpu0) / wall
+    generator_cpu = (gen_cpu(gens) - gcpu0) / wall / len(gens)
+    sent = sum(r["sent"] for r in replies)
+    received = sum(r["received"] for r in replies)
+    ooo = sum(r["ooo"] for r in replies)
+    acked = sum(r["acked"] for r in replies)
+    expected = sent * fanout
+    unique = received - ooo
+    lost = max(0, expected - unique)
+    t0 = min(r["t0_ns"] for r in replies)
+    last = max((r["last_ns"] for r in replies), default=t0)
+    window = max(duration, (last - t0) / 1e9) if received else duration
+    latency = percentiles(merge(r["latency"] for r in replies))
+    ack_latency = percentiles(merge(r["ack_latency"] for r in replies))
+    closes: dict[str, int] = {}
+    errors: dict[str, int] = {}
+    for r in replies:
+        for k, v in r["closes"].items():
+            closes[k] = closes.get(k, 0) + v
+        for k, v in r["errors"].items():
+            errors[k] = errors.get(k, 0) + v
+    deliveries_per_s = unique / window
+    ceiling = ctx.ceilings.get(shape)
+    step = {
+        "offered_msgs_per_s": rate, "duration_s": duration, "sent": sent, "expected": expected,
+        "delivered": unique, "lost": lost, "duplicated_or_out_of_order": ooo,
+        "acked": acked, "acked_per_s": acked / window if acked else None,
+        "deliveries_per_s": round(deliveries_per_s, 1),
+        "latency_ms": latency, "ack_latency_ms": ack_latency,
+        "server_cpu_pct": round(server_cpu * 100, 1), "server_rss_mib": round(target.rss() / 2**20, 1),
+        "generator_cpu_pct": round(generator_cpu * 100, 1),
+        "closes": closes, "errors": errors,
+        "sent_by": [r["sent_by"] for r in replies],
+    }
+    if not keep_sent_by:
+        del step["sent_by"]
+    delivered_ok = expected == 0 or unique >= DELIVERED_MIN * expected
+    p99 = latency["p99"]
+    step["sustained"] = bool(delivered_ok and ooo == 0 and not closes and sent >= 0.95 * rate * duration
+                             and (p99 is not None and p99 <= P99_LIMIT_MS or expected == 0))
+    step["generator_bound"] = bool(ceiling and deliveries_per_s >= GENERATOR_BOUND * ceiling)
+    step["generator_busy"] = generator_cpu >= GENERATOR_BUSY
+    done_line(f"  {target.name} {label} {rate:g} msg/s: {deliveries_per_s:,.0f} deliveries/s, "
+              f"p99 {p99} ms, lost {lost}, dup/ooo {ooo}, server cpu {step['server_cpu_pct']}%, "
+              f"generator cpu {step['generator_cpu_pct']}%"
+              + (" [generator-bound]" if step["generator_bound"] else "")
+              + (" [generator busy]" if step["generator_busy"] else "")
+              + ("" if step["sustained"] else " [not sustained]"))
+    return step
+
+
+def best_sustained(steps: list[dict[str, Any]]) -> dict[str, Any] | None:
+    ok = [s for s in steps if s["sustained"]]
+    return max(ok, key=lambda s: s["deliveries_per_s"]) if ok else None
+
+
+def stepped(ctx: Context, target: Target, rates: list[float], run: Any) -> list[dict[str, Any]]:
+    """Run `run(rate)` for each rate until one is not sustained (that one is kept, then stop)."""
+    steps = []
+    for rate in rates:
+        step = run(rate)
+        steps.append(step)
+        if not step["sustained"] or not target.alive():
+            break
+    return steps
+
+
+def ratio(ours: float | None, peer: float | None) -> float | None:
+    if not ours or not peer:
+        return None
+    return round(ours / peer, 2)
