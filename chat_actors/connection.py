@@ -245,7 +245,10 @@ class Connection:
                 ),
                 rooms=tuple(RoomEntry(room=r.room, seq=r.seq, read=r.read) for r in rooms),
             ))
-            backlog = await deps.store.undelivered_direct(self.user, MAX_REPLAY)
+            # welcome's rooms carry each direct room's seq and read cursor: ask the store for
+            # undelivered direct messages only when one of them has any (most connects: none)
+            pending = any(r.seq > r.read for r in rooms if r.room.startswith("dm:"))
+            backlog = await deps.store.undelivered_direct(self.user, MAX_REPLAY) if pending else []
         except ChatError as error:
             log.warning("conn %s: store unavailable during welcome: %s", self.id, error)
             self._hold = None
