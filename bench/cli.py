@@ -39,6 +39,9 @@ def parser() -> argparse.ArgumentParser:
                    help="where the JSON, Markdown and PNG files go (default bench/results)")
     p.add_argument("--profile", action="store_true",
                    help="record the server under test with py-spy (raw stacks in the output directory)")
+    p.add_argument("--server-src", metavar="DIR", type=Path,
+                   help="run the server under test from this source tree (e.g. a git worktree of "
+                   "another commit) to measure what a change bought")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--connections", type=int, help="fanout/idle/connect: connections (default per scenario)")
     p.add_argument("--rooms", type=int, help="rooms: number of rooms; connect: rooms joined")
@@ -64,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
                   params=params)
     if args.profile:
         procs.profile_dir = args.out
+    if args.server_src is not None:
+        procs.server_src = args.server_src.resolve()
     started = time.monotonic()
     stamp = dt.datetime.now(dt.timezone.utc)
     run: dict[str, Any] = {
@@ -73,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         "pinning": (f"server on CPU {procs.server_cpus}, generators on CPU {procs.gen_cpus}"
                     + (" (taskset)" if __import__("shutil").which("taskset") else " (no taskset: unpinned)")),
         "mode": "smoke" if args.smoke else "quick" if args.quick else "full",
+        "server_src": str(args.server_src) if args.server_src else None,
         "scenarios": {},
     }
     done_line(f"chat_actors bench: {', '.join(names)} ({run['mode']}); {run['pinning']}")

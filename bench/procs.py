@@ -130,6 +130,7 @@ class Processes:
         self.profile_dir: Path | None = None      # set: py-spy records the server under test
         self.profile_label = "server"
         self.profiles: list[str] = []
+        self.server_src: Path | None = None       # run the server from this checkout instead
 
     def start_ours(self, store: str | None = None, extra_env: dict[str, str] | None = None) -> Target:
         self.started += 1
@@ -147,6 +148,8 @@ class Processes:
             "CHAT_LOG_LEVEL": "WARNING",
             **(extra_env or {}),
         }
+        if self.server_src is not None:         # e.g. a git worktree of an older commit
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.server_src), env.get("PYTHONPATH")]))
         argv = pinned([sys.executable, "-m", "chat_actors", "serve"], self.server_cpus)
         proc = subprocess.Popen(argv, env=env, cwd=self.tmp, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, start_new_session=True)

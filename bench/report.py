@@ -74,6 +74,9 @@ def markdown(run: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+_COLORS = {"ours": "C0", "node-ws": "C1"}
+
+
 def plots(run: dict[str, Any], out: Path, stem: str) -> list[str]:
     """Per stepped scenario: latency percentiles and delivered rate against offered rate."""
     import matplotlib
@@ -92,9 +95,11 @@ def plots(run: dict[str, Any], out: Path, stem: str) -> list[str]:
             lat_key = "latency_ms" if steps[0]["expected"] else "ack_latency_ms"
             offered = [s["offered_msgs_per_s"] * max(1, s["expected"] // max(1, s["sent"])) if s["expected"]
                        else s["offered_msgs_per_s"] for s in steps]
+            color = _COLORS.get(t, "C2")
             for pct, style in (("p50", ":"), ("p99", "-"), ("p99.9", "--")):
-                lat_ax.plot(offered, [s[lat_key][pct] for s in steps], style, marker="o", label=f"{t} {pct}")
-            rate_ax.plot(offered, [s[delivered_kind] or 0 for s in steps], marker="o", label=t)
+                lat_ax.plot(offered, [s[lat_key][pct] for s in steps], style, color=color, marker="o",
+                            markersize=3, label=f"{t} {pct}")
+            rate_ax.plot(offered, [s[delivered_kind] or 0 for s in steps], color=color, marker="o", label=t)
             top = max(top, *offered)
         lat_ax.axhline(50, color="grey", linewidth=0.8)
         lat_ax.set_yscale("log")

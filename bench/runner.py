@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from bench.procs import GeneratorProc, Processes, Target, call_all
 from bench.stats import merge, percentiles
@@ -69,9 +69,11 @@ def gen_cpu(gens: list[GeneratorProc]) -> float:
 
 def run_step(ctx: Context, target: Target, *, rate: float, senders: list[list[list[Any]]],
              fanout: int, duration: float, kind: str = "send", size: int = 200, label: str = "",
-             shape: str = "ours", keep_sent_by: bool = False) -> dict[str, Any]:
+             shape: str = "ours", keep_sent_by: bool = False,
+             undeliverable: Callable[[list[dict[str, int]]], int] | None = None) -> dict[str, Any]:
     """Offer `rate` msgs/s (split over the generators by their share of `senders`) for
-    `duration` s; every message should reach `fanout` connections."""
+    `duration` s; every message should reach `fanout` connections, except the
+    `undeliverable(sent_by)` ones (e.g. direct messages to users who are offline)."""
     gens = ctx.gens
     total_senders = sum(len(s) for s in senders) or 1
     per_gen = []
@@ -95,6 +97,8 @@ def run_step(ctx: Context, target: Target, *, rate: float, senders: list[list[li
     ooo = sum(r["ooo"] for r in replies)
     acked = sum(r["acked"] for r in replies)
     expected = sent * fanout
+    if undeliverable is not None:
+        expected -= undeliverable([r["sent_by"] for r in replies])
     unique = received - ooo
     lost = max(0, expected - unique)
     t0 = min(r["t0_ns"] for r in replies)

@@ -163,7 +163,7 @@ def _rate_rows(result: dict[str, Any], label: str, min_ratio: float) -> list[dic
 def fanout(ctx: Context) -> dict[str, Any]:
     n = ctx.param("connections", 1000, 1000, 50)
     duration = ctx.param("duration", 5.0, 2.0, 1.0)
-    rates = ctx.param("rates", [100, 200, 300, 400, 500, 600, 700, 800, 1000, 1200, 1500],
+    rates = ctx.param("rates", [100, 150, 200, 250, 300, 350, 400, 450, 500, 600, 700, 800, 1000, 1200, 1500],
                       [200, 400, 600], [20])
     size = ctx.param("size", 200, 200, 200)
     measure_ceiling(ctx, n, duration)
@@ -190,7 +190,8 @@ def rooms(ctx: Context) -> dict[str, Any]:
     count = ctx.param("rooms", 100, 100, 4)
     members = ctx.param("members", 10, 10, 3)
     duration = ctx.param("duration", 5.0, 2.0, 1.0)
-    per_conn = ctx.param("rates", [1, 2, 4, 6, 8, 10, 12, 15, 20, 25, 30], [2, 6, 12], [1])
+    per_conn = ctx.param("rates", [1, 2, 4, 6, 8, 9, 10, 11, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 35, 40],
+                         [2, 6, 12], [1])
     size = ctx.param("size", 200, 200, 200)
     conns = count * members
     measure_ceiling(ctx, min(conns, 1000), duration)
@@ -241,14 +242,16 @@ def dm(ctx: Context) -> dict[str, Any]:
             setup = connect(ctx, mode, a_specs + live_b)
             senders = senders_by_gen(ctx, a_specs + live_b)
             total_rate = rate * (pairs + online_b)
+            # messages from the A's of the offline half cannot be delivered live
+            offline_a = {str(s["idx"]) for s in a_specs[online_b:]}
+
+            def to_offline(sent_by: list[dict[str, int]]) -> int:
+                return sum(n for r in sent_by for i, n in r.items() if i in offline_a)
+
             step = run_step(ctx, target, rate=total_rate, senders=senders, fanout=1, duration=duration,
                             kind=kind, label="dm live", shape="ours" if name == "ours" else "raw",
-                            keep_sent_by=True)
-            # messages from the A's of the offline half could not be delivered live
-            offline_a = {str(s["idx"]) for s in a_specs[online_b:]}
-            offline_msgs = sum(n for r in step.pop("sent_by") for i, n in r.items() if i in offline_a)
-            step["expected"] -= offline_msgs
-            step["lost"] = max(0, step["expected"] - step["delivered"])
+                            keep_sent_by=True, undeliverable=to_offline)
+            offline_msgs = to_offline(step.pop("sent_by"))
             out: dict[str, Any] = {"setup": setup, "live": step}
             if name == "ours":
                 progress(f"  {len(offline_b)} offline recipients reconnect ...")
