@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from bench.procs import Target, call_all
 from bench.runner import Context, best_sustained, done_line, progress, ratio, run_step, stepped
-from bench.setup import ours_url, raw_url, register_users, split
+from bench.accounts import ours_url, raw_url, register_users, split
 from bench.stats import merge, percentiles
 
 PEER = "node-ws"
