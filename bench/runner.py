@@ -31,6 +31,7 @@ class Context:
     peer: bool
     params: dict[str, Any]
     ceilings: dict[str, float] = field(default_factory=dict)
+    warmup: bool = False          # the current step is the unrecorded warm-up
 
     @property
     def gens(self) -> list[GeneratorProc]:
@@ -75,6 +76,9 @@ def run_step(ctx: Context, target: Target, *, rate: float, senders: list[list[li
     `duration` s; every message should reach `fanout` connections, except the
     `undeliverable(sent_by)` ones (e.g. direct messages to users who are offline)."""
     gens = ctx.gens
+    if ctx.warmup:
+        duration = min(duration, 2.0)
+        label = f"warm-up ({label})"
     total_senders = sum(len(s) for s in senders) or 1
     per_gen = []
     for gen_senders in senders:
@@ -149,8 +153,18 @@ def best_sustained(steps: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def stepped(ctx: Context, target: Target, rates: list[float], run: Any) -> list[dict[str, Any]]:
-    """Run `run(rate)` for each rate until one is not sustained (that one is kept, then stop)."""
+    """Run `run(rate)` for each rate until one is not sustained (that one is kept, then stop).
+
+    An unrecorded warm-up at the first rate comes first (not in smoke runs), so that neither
+    target's first recorded step pays for caches, allocator growth or a JIT warming up.
+    """
     steps = []
+    if rates and not ctx.smoke:
+        ctx.warmup = True
+        try:
+            run(rates[0])
+        finally:
+            ctx.warmup = False
     for rate in rates:
         step = run(rate)
         steps.append(step)

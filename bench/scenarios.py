@@ -118,7 +118,7 @@ def with_target(ctx: Context, name: str, body: Callable[[Target], dict[str, Any]
 
 
 def users_for(ctx: Context, target: Target, conns: int) -> list[tuple[str, str]]:
-    count = ctx.param("users", 100, 50, 4)
+    count = ctx.param("users", 100, 20, 4)
     progress(f"  registering {min(count, conns)} users over HTTP ...")
     started = time.monotonic()
     users = register_users(target, min(count, conns))
