@@ -59,14 +59,17 @@ def markdown(run: dict[str, Any]) -> str:
                   "| target | offered msg/s | deliveries/s | p50 ms | p90 | p99 | p99.9 | max | lost | dup/ooo "
                   "| server cpu % | server RSS MiB | generator cpu % | sustained |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        acked = name in _ACKED
+        if acked:
+            lines[-2] = lines[-2].replace("deliveries/s | p50 ms", "acked msgs/s | ack p50 ms")
         for t, v in stepped.items():
             for s in v["steps"]:
-                lat = s["latency_ms"] if s["expected"] else s["ack_latency_ms"]
+                lat = s["ack_latency_ms"] if acked else s["latency_ms"]
                 flag = "yes" if s["sustained"] else "no"
                 if s["generator_bound"]:
                     flag += " (generator-bound)"
                 lines.append(f"| {t} | {_fmt(s['offered_msgs_per_s'])} | "
-                             f"{_fmt(s['deliveries_per_s'] if s['expected'] else s['acked_per_s'])} | "
+                             f"{_fmt(s['acked_per_s'] if acked else s['deliveries_per_s'])} | "
                              f"{_fmt(lat['p50'])} | {_fmt(lat['p90'])} | {_fmt(lat['p99'])} | {_fmt(lat['p99.9'])} | "
                              f"{_fmt(lat['max'])} | {s['lost']} | {s['duplicated_or_out_of_order']} | "
                              f"{_fmt(s['server_cpu_pct'])} | {_fmt(s['server_rss_mib'])} | "
@@ -75,6 +78,7 @@ def markdown(run: dict[str, Any]) -> str:
 
 
 _COLORS = {"ours": "C0", "node-ws": "C1"}
+_ACKED = {"ingest"}         # measured by acks (send -> ack), not by deliveries
 
 
 def plots(run: dict[str, Any], out: Path, stem: str) -> list[str]:
@@ -90,11 +94,12 @@ def plots(run: dict[str, Any], out: Path, stem: str) -> list[str]:
             continue
         fig, (lat_ax, rate_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
         top = 0.0
+        acked = name in _ACKED
         for t, steps in stepped.items():
-            delivered_kind = "deliveries_per_s" if steps[0]["expected"] else "acked_per_s"
-            lat_key = "latency_ms" if steps[0]["expected"] else "ack_latency_ms"
-            offered = [s["offered_msgs_per_s"] * max(1, s["expected"] // max(1, s["sent"])) if s["expected"]
-                       else s["offered_msgs_per_s"] for s in steps]
+            delivered_kind = "acked_per_s" if acked else "deliveries_per_s"
+            lat_key = "ack_latency_ms" if acked else "latency_ms"
+            offered = [s["offered_msgs_per_s"] if acked
+                       else s["offered_msgs_per_s"] * max(1, s["expected"] // max(1, s["sent"])) for s in steps]
             color = _COLORS.get(t, "C2")
             for pct, style in (("p50", ":"), ("p99", "-"), ("p99.9", "--")):
                 lat_ax.plot(offered, [s[lat_key][pct] for s in steps], style, color=color, marker="o",
@@ -103,13 +108,13 @@ def plots(run: dict[str, Any], out: Path, stem: str) -> list[str]:
             top = max(top, *offered)
         lat_ax.axhline(50, color="grey", linewidth=0.8)
         lat_ax.set_yscale("log")
-        lat_ax.set_xlabel("offered deliveries/s" if name != "ingest" else "offered msgs/s")
-        lat_ax.set_ylabel("end-to-end latency, ms")
+        lat_ax.set_xlabel("offered msgs/s" if acked else "offered deliveries/s")
+        lat_ax.set_ylabel("send -> ack latency, ms" if acked else "end-to-end latency, ms")
         lat_ax.set_title(f"{name}: latency")
         lat_ax.legend(fontsize=7)
         rate_ax.plot([0, top], [0, top], color="grey", linewidth=0.8)
-        rate_ax.set_xlabel("offered deliveries/s" if name != "ingest" else "offered msgs/s")
-        rate_ax.set_ylabel("delivered/s" if name != "ingest" else "acked msgs/s")
+        rate_ax.set_xlabel("offered msgs/s" if acked else "offered deliveries/s")
+        rate_ax.set_ylabel("acked msgs/s" if acked else "delivered/s")
         rate_ax.set_title(f"{name}: delivered against offered")
         rate_ax.legend(fontsize=7)
         fig.tight_layout()
