@@ -36,7 +36,7 @@ now_ns = time.monotonic_ns
 class Sink:
     """Counters for one measurement window (a step), shared by the clients writing to it."""
 
-    __slots__ = ("lat", "received", "ooo", "gaps", "acked", "ack_lat", "errors", "first_ns", "last_ns")
+    __slots__ = ("lat", "received", "ooo", "gaps", "acked", "ack_lat", "errors", "last_ns")
 
     def __init__(self) -> None:
         self.lat = array("q")          # end-to-end latency of each delivery, microseconds
@@ -46,14 +46,13 @@ class Sink:
         self.gaps = 0                  # skipped n (lost unless they show up later as ooo)
         self.acked = 0
         self.errors: dict[str, int] = {}
-        self.first_ns = 0
         self.last_ns = 0
 
     def summary(self) -> dict[str, Any]:
         return {
             "received": self.received, "ooo": self.ooo, "gaps": self.gaps, "acked": self.acked,
             "errors": self.errors, "latency": histogram(self.lat), "ack_latency": histogram(self.ack_lat),
-            "first_ns": self.first_ns, "last_ns": self.last_ns,
+            "last_ns": self.last_ns,
         }
 
 

@@ -150,12 +150,8 @@ class Processes:
         }
         if self.server_src is not None:         # e.g. a git worktree of an older commit
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.server_src), env.get("PYTHONPATH")]))
-        argv = pinned([sys.executable, "-m", "chat_actors", "serve"], self.server_cpus)
-        proc = subprocess.Popen(argv, env=env, cwd=self.tmp, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, start_new_session=True)
-        m = _wait_line(proc, r"listening ws=(\S+) http=(\S+)", 60, "stderr")
-        target = Target("ours", proc, m.group(1), m.group(2))
-        self.children.append(target)
+        target = self._spawn("ours", [sys.executable, "-m", "chat_actors", "serve"], self.tmp,
+                             r"listening ws=(\S+) http=(\S+)", "stderr", timeout=60, env=env)
         if self.profile_dir is not None:
             target.profiler = self._profile(proc.pid)
         return target
@@ -172,21 +168,22 @@ class Processes:
 
     def start_peer(self) -> Target:
         install_peer()
-        argv = pinned(["node", str(PEER_DIR / "server.js")], self.server_cpus)
-        proc = subprocess.Popen(argv, cwd=PEER_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True)
-        m = _wait_line(proc, r"peer listening (\S+)", 30, "stdout")
-        target = Target("node-ws", proc, m.group(1), None)
-        self.children.append(target)
-        return target
+        return self._spawn("node-ws", ["node", str(PEER_DIR / "server.js")], PEER_DIR,
+                           r"peer listening (\S+)", "stdout")
 
     def start_blast(self, shape: str, size: int) -> Target:
-        argv = pinned([sys.executable, "-m", "bench.blast", "--shape", shape, "--size", str(size)],
-                      self.server_cpus)
-        proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        return self._spawn("blast", [sys.executable, "-m", "bench.blast", "--shape", shape, "--size", str(size)],
+                           ROOT, r"blast listening (\S+)", "stdout")
+
+    def _spawn(self, name: str, argv: list[str], cwd: Path, listening: str, stream: str, *,
+               timeout: float = 30, env: dict[str, str] | None = None) -> Target:
+        """Start a server on the server CPUs and wait for its `listening` line (ws URL, http URL?)."""
+        proc = subprocess.Popen(pinned(argv, self.server_cpus), env=env, cwd=cwd,
+                                stdout=subprocess.PIPE if stream == "stdout" else subprocess.DEVNULL,
+                                stderr=subprocess.PIPE if stream == "stderr" else None,   # else: to ours
                                 start_new_session=True)
-        m = _wait_line(proc, r"blast listening (\S+)", 30, "stdout")
-        target = Target("blast", proc, m.group(1), None)
+        m = _wait_line(proc, listening, timeout, stream)
+        target = Target(name, proc, m.group(1), m.group(2) if m.re.groups > 1 else None)
         self.children.append(target)
         return target
 

@@ -89,7 +89,7 @@ def run_step(ctx: Context, target: Target, *, rate: float, senders: list[list[li
     expected_total = int(rate * duration) * fanout
     for fields in per_gen:
         fields["expect"] = expected_total // len(per_gen)
-        fields["acks"] = int(fields["rate"] * duration) if target.name == "ours" and kind != "raw" else 0
+        fields["acks"] = int(fields["rate"] * duration) if target.name == "ours" else 0
     progress(f"  {target.name} {label} offering {rate:g} msg/s for {duration:g}s ...")
     cpu0, gcpu0, wall0 = target.cpu_s(), gen_cpu(gens), time.monotonic()
     replies = call_all(gens, "run", per_gen)

@@ -28,12 +28,10 @@ def measure_ceiling(ctx: Context, conns: int, duration: float) -> None:
         blast = ctx.procs.start_blast(shape, 200)
         try:
             specs = [{"idx": 1_000_000 + i, "url": blast.ws_url + "/ceiling"} for i in range(conns)]
-            gens = ctx.gens
-            call_all(gens, "connect", [{"mode": "raw", "specs": part} for part in split(specs, len(gens))])
-            replies = call_all(gens, "ceiling", [{"duration": duration}] * len(gens))
+            connect(ctx, "raw", specs)
+            replies = call_all(ctx.gens, "ceiling", [{"duration": duration}] * len(ctx.gens))
             ctx.ceilings[shape] = round(sum(r["per_s"] for r in replies), 1)
-            call_all(gens, "close", [{"idxs": [s["idx"] for s in part]} for part in split(specs, len(gens))])
-            call_all(gens, "forget", [{"idxs": [s["idx"] for s in part]} for part in split(specs, len(gens))])
+            close_all(ctx, specs, forget=True)
         finally:
             ctx.procs.stop(blast)
         done_line(f"  generator ceiling ({shape} frames, {conns} connections): {ctx.ceilings[shape]:,.0f} frames/s")
@@ -72,14 +70,20 @@ def connect(ctx: Context, mode: str, specs: list[dict[str, Any]], concurrency: i
     return out
 
 
-def close_all(ctx: Context, specs: list[dict[str, Any]] | None = None) -> None:
+def close_all(ctx: Context, specs: list[dict[str, Any]] | None = None, forget: bool = False) -> None:
+    """Close `specs`, or every client; forgotten clients start afresh when reopened.
+
+    Closing every client forgets them; a closed subset keeps what it has seen, so that its
+    reconnect (`join since`) is checked for gaps and duplicates.
+    """
     gens = ctx.gens
     if specs is None:
-        call_all(gens, "close", [{}] * len(gens))
-        call_all(gens, "forget", [{}] * len(gens))
+        parts: list[dict[str, Any]] = [{}] * len(gens)
     else:
         parts = [{"idxs": [s["idx"] for s in part]} for part in split(specs, len(gens))]
-        call_all(gens, "close", parts)
+    call_all(gens, "close", parts)
+    if forget or specs is None:
+        call_all(gens, "forget", parts)
 
 
 def clients(ctx: Context, target: Target, name: str, rooms: list[str], per_room: int,
@@ -98,6 +102,14 @@ def clients(ctx: Context, target: Target, name: str, rooms: list[str], per_room:
             else:
                 specs.append({"idx": idx, "room": room, "url": raw_url(target, room)})
     return specs
+
+
+def joined_clients(ctx: Context, target: Target, name: str, rooms: list[str],
+                   per_room: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Register users (ours), then connect and join `per_room` clients in each room."""
+    users = users_for(ctx, target, len(rooms) * per_room) if name == "ours" else None
+    specs = clients(ctx, target, name, rooms, per_room, users)
+    return specs, connect(ctx, "ours" if name == "ours" else "raw", specs)
 
 
 def senders_by_gen(ctx: Context, specs: list[dict[str, Any]]) -> list[list[list[Any]]]:
@@ -171,9 +183,7 @@ def fanout(ctx: Context) -> dict[str, Any]:
                               "targets": {}}
     for name in targets(ctx):
         def body(target: Target) -> dict[str, Any]:
-            users = users_for(ctx, target, n + 1) if name == "ours" else None
-            specs = clients(ctx, target, name, ["fanout"], n + 1, users)
-            setup = connect(ctx, "ours" if name == "ours" else "raw", specs)
+            _, setup = joined_clients(ctx, target, name, ["fanout"], n + 1)
             sender = [[[0, "fanout"]]] + [[] for _ in ctx.gens[1:]]
             steps = stepped(ctx, target, rates, lambda rate: run_step(
                 ctx, target, rate=rate, senders=sender, fanout=n, duration=duration, size=size,
@@ -200,9 +210,7 @@ def rooms(ctx: Context) -> dict[str, Any]:
     names = [f"room{i}" for i in range(count)]
     for name in targets(ctx):
         def body(target: Target) -> dict[str, Any]:
-            users = users_for(ctx, target, conns) if name == "ours" else None
-            specs = clients(ctx, target, name, names, members, users)
-            setup = connect(ctx, "ours" if name == "ours" else "raw", specs)
+            specs, setup = joined_clients(ctx, target, name, names, members)
             senders = senders_by_gen(ctx, specs)
             steps = stepped(ctx, target, per_conn, lambda r: {**run_step(
                 ctx, target, rate=r * conns, senders=senders, fanout=members - 1, duration=duration,

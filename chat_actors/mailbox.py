@@ -53,17 +53,7 @@ class Mailbox(Generic[T]):
 
     async def send(self, item: T) -> None:
         await checkpoint_if_cancelled()
-        if self._dropped:
-            raise trio.BrokenResourceError
-        if self._ended:
-            raise trio.ClosedResourceError
-        receiver = self._receiver
-        if receiver is not None:
-            self._receiver = None
-            trio.lowlevel.reschedule(receiver, outcome.Value(item))
-        elif len(self._items) < self._limit:
-            self._items.append(item)
-        else:
+        if not self.put_nowait(item):
             self._sender = current_task()
             self._pending = item
 

@@ -538,11 +538,8 @@ class WebSocket:
     async def _hand_over(self, message: str | bytes) -> None:
         try:
             if self._rx.put_nowait(message):
-                return
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return                      # the handler closed the connection; drop
-        self._rx_blocked = True
-        try:
+                return                  # the usual case: no schedule point
+            self._rx_blocked = True
             await self._rx.send(message)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass                        # the handler closed the connection; drop
