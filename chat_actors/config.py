@@ -259,6 +259,14 @@ _OPTIONS: dict[str, _Option] = {
     "auth_timeout_s": _Option(_SECONDS, "SECONDS",
         "time a connection without a token has to send its auth frame (close 4001 "
         "after it)"),
+    "auth_queue": _Option(_COUNT, "N",
+        "logins and registrations that may wait for a password hash at once; one more is "
+        "answered 429 with Retry-After"),
+    "max_connections_per_user": _Option(_COUNT, "N",
+        "connections one user may hold at once; one more upgrade is refused with HTTP 429"),
+    "max_rooms_per_user": _Option(_COUNT, "N",
+        "rooms (direct rooms included) one user may be a member of; a join beyond it is "
+        "answered too_large"),
     "log_level": _Option(_LEVEL, "LEVEL", "logging threshold: " + ", ".join(LOG_LEVELS)),
 }
 # fmt: on
@@ -345,6 +353,9 @@ class Config:
     room_idle_s: float = attrs.field(default=30.0, converter=_to_float)
     handshake_timeout_s: float = attrs.field(default=10.0, converter=_to_float)
     auth_timeout_s: float = attrs.field(default=10.0, converter=_to_float)
+    auth_queue: int = 32
+    max_connections_per_user: int = 100
+    max_rooms_per_user: int = 1000
     log_level: str = attrs.field(default="INFO", converter=_to_level)
 
     def __attrs_post_init__(self) -> None:

@@ -26,6 +26,8 @@ Two paths share one set of field rules (`_rules`), so they cannot disagree:
 from __future__ import annotations
 
 import functools
+import json
+import math
 import re
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -42,8 +44,8 @@ from .records import COMMAND_TYPES, EVENT_TYPES, Ack, Command, Event, HistoryPag
 
 __all__ = [
     "ROOM_RE", "USERNAME_RE", "MAX_REF_CHARS", "MAX_ID_CHARS", "MAX_HISTORY_LIMIT",
-    "DEFAULT_HISTORY_LIMIT", "MAX_SEQ", "MAX_META_DEPTH", "Limits", "StoredLike",
-    "decode_command", "encode_event", "message_json", "message_from_stored", "command_to_wire",
+    "DEFAULT_HISTORY_LIMIT", "MAX_SEQ", "MAX_INT", "MAX_NUMBER_CHARS", "MAX_META_DEPTH", "Limits",
+    "StoredLike", "decode_command", "decode_send_fields", "loads_json", "is_safe_int", "encode_event", "message_json", "message_from_stored", "command_to_wire",
     "encode_command", "decode_event", "is_valid_room", "is_valid_username", "dm_room",
     "parse_dm_room",
 ]
@@ -57,8 +59,13 @@ MAX_REF_CHARS = 64
 MAX_ID_CHARS = 64
 MAX_HISTORY_LIMIT = 200
 DEFAULT_HISTORY_LIMIT = 50
-#: Upper bound of seq-like integers: what a signed 64-bit store column holds.
-MAX_SEQ = 2**63 - 1
+#: Every integer on the wire lies within +-MAX_INT (PROTOCOL section 3): the range every JSON
+#: client (a JavaScript number included) represents exactly, so nothing is stored changed.
+MAX_INT = 2**53 - 1
+#: Upper bound of seq-like integers (seq, since, before, after).
+MAX_SEQ = MAX_INT
+#: A longer number token is refused whatever its value (PROTOCOL section 3).
+MAX_NUMBER_CHARS = 32
 #: Nesting bound for `meta`, so a stored meta always re-encodes inside any event.
 MAX_META_DEPTH = 32
 
@@ -102,11 +109,17 @@ def parse_dm_room(name: object) -> tuple[str, str] | None:
     return None
 
 
+#: Names on the pattern that are still refused: they mean "here" and "up" in every path.
+_RESERVED_ROOMS = frozenset({".", ".."})
+
+
 def is_valid_room(name: object) -> bool:
-    """A public/private room name on the pattern, or a well-formed direct room name."""
+    """A public/private room name on the pattern (not `.` or `..`), or a well-formed direct room name."""
     if not isinstance(name, str):
         return False
-    return ROOM_RE.match(name) is not None or parse_dm_room(name) is not None
+    if ROOM_RE.match(name) is not None:
+        return name not in _RESERVED_ROOMS
+    return parse_dm_room(name) is not None
 
 
 def dm_room(a: str, b: str) -> str:
@@ -116,6 +129,114 @@ def dm_room(a: str, b: str) -> str:
     """
     lo, hi = (a, b) if a < b else (b, a)
     return f"{_DM_PREFIX}{lo}:{hi}"
+
+
+# --------------------------------------------------------------------------- numbers
+# orjson reads an integer token beyond 64 bits as a float (2**64 -> 1.8446744073709552e+19), so
+# a value can change before any field rule sees it. Decoded JSON is therefore scanned once: an
+# int outside +-MAX_INT is refused at once, and only when a float is present (rare in chat
+# frames) is the text parsed again by the stdlib parser, whose hooks see the number tokens.
+
+
+#: What the token-checking parse puts where a number token breaks the rules.
+_BAD_NUMBER: Any = object()
+
+
+def is_safe_int(value: object) -> bool:
+    """A JSON integer (not a bool) within +-(2**53-1)."""
+    return type(value) is int and -MAX_INT <= value <= MAX_INT
+
+
+def _number_error() -> ProtocolError:
+    return ProtocolError(
+        f"numbers must be integers within +-(2**53-1) or floats, at most {MAX_NUMBER_CHARS} characters long"
+    )
+
+
+def _scan(values: Any) -> bool:
+    """Walk decoded JSON values iteratively (orjson nests up to 1024 deep).
+
+    Raises ProtocolError on an int out of range, a non-finite float or a `_BAD_NUMBER`; True
+    when a float was seen, whose token must still be checked (`_parse_number_tokens`).
+    Strings, the common case, cost one type check each.
+    """
+    floats = False
+    stack: list[Any] = []
+    while True:
+        for value in values:
+            kind = type(value)
+            if kind is str:
+                continue
+            if kind is int:
+                if not -MAX_INT <= value <= MAX_INT:
+                    raise _number_error()
+            elif kind is dict:
+                stack.append(value.values())
+            elif kind is list:
+                stack.append(value)
+            elif kind is float:
+                if not math.isfinite(value):
+                    raise _number_error()
+                floats = True
+            elif value is _BAD_NUMBER:
+                raise _number_error()
+        if not stack:
+            return floats
+        values = stack.pop()
+
+
+def _int_token(token: str) -> Any:
+    if len(token) > MAX_NUMBER_CHARS:
+        return _BAD_NUMBER
+    value = int(token)
+    return value if -MAX_INT <= value <= MAX_INT else _BAD_NUMBER
+
+
+def _float_token(token: str) -> Any:
+    return float(token) if len(token) <= MAX_NUMBER_CHARS else _BAD_NUMBER
+
+
+def _parse_number_tokens(data: str | bytes) -> Any:
+    """The document again, with `_BAD_NUMBER` for each token that breaks the number rules."""
+    try:
+        return json.loads(data, parse_int=_int_token, parse_float=_float_token)
+    except RecursionError:
+        raise ProtocolError("JSON nested too deep") from None
+    except ValueError:  # pragma: no cover - orjson accepted the text, so the stdlib does too
+        raise ProtocolError("invalid JSON") from None
+
+
+def _check_numbers(obj: dict[str, Any], data: str | bytes) -> None:
+    """The number rules over a decoded frame; an error names the top-level field it is in."""
+    floats = False
+    for key, value in obj.items():
+        if type(value) is not str:
+            try:
+                floats = _scan((value,)) or floats
+            except ProtocolError:
+                raise _invalid(str(key)[:32], _number_error().message) from None
+    if floats:
+        again = _parse_number_tokens(data)
+        for key, value in again.items():
+            try:
+                _scan((value,))
+            except ProtocolError:
+                raise _invalid(str(key)[:32], _number_error().message) from None
+
+
+def loads_json(data: str | bytes) -> Any:
+    """Parse a JSON document (an HTTP body) under the wire's number rules (PROTOCOL section 3).
+
+    Raises ProtocolError for text that is not JSON, nested deeper than orjson reads (1024), or
+    holding an integer outside +-(2**53-1) or a number token longer than 32 characters.
+    """
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise ProtocolError("body is not valid UTF-8 JSON") from None
+    if _scan((obj,)):
+        _scan((_parse_number_tokens(data),))
+    return obj
 
 
 # --------------------------------------------------------------------------- field rules
@@ -139,15 +260,15 @@ def _check_ref(value: Any) -> str | int | None:
         if len(value) <= MAX_REF_CHARS:
             return value
         raise _invalid("ref", f"longer than {MAX_REF_CHARS} characters")
-    if type(value) is int:
+    if type(value) is int and -MAX_INT <= value <= MAX_INT:
         return value
-    raise _invalid("ref", "must be a string or an integer")
+    raise _invalid("ref", "must be a string or an integer within +-(2**53-1)")
 
 
 def _check_room(value: Any) -> str:
-    if type(value) is str and (ROOM_RE.match(value) is not None or parse_dm_room(value)):
+    if type(value) is str and is_valid_room(value):
         return value
-    raise _invalid("room", "must match [A-Za-z0-9_.-]{1,64} or be dm:<a>:<b> (usernames, a < b)")
+    raise _invalid("room", "must match [A-Za-z0-9_.-]{1,64} (not . or ..) or be dm:<a>:<b> (usernames, a < b)")
 
 
 def _check_username(field: str) -> Callable[[Any], str]:
@@ -212,7 +333,7 @@ def _check_seq(field: str) -> Callable[[Any], int]:
     def check(value: Any) -> int:
         if type(value) is int and 0 <= value <= MAX_SEQ:
             return value
-        raise _invalid(field, "must be a non-negative integer (at most 2**63-1)")
+        raise _invalid(field, "must be a non-negative integer (at most 2**53-1)")
 
     return check
 
@@ -361,6 +482,7 @@ def decode_command(data: str | bytes, limits: Limits) -> Command:
         raise ProtocolError("frame must be a JSON object")
     ref = _check_ref(obj.get("ref", _ABSENT))
     try:
+        _check_numbers(obj, data)
         kind = obj.get("type")
         if kind == "send":
             return _decode_send(obj, limits, ref)
@@ -375,6 +497,15 @@ def decode_command(data: str | bytes, limits: Limits) -> Command:
     except ProtocolError as exc:
         exc.ref = ref
         raise
+
+
+def decode_send_fields(obj: dict[str, Any], limits: Limits, ref: str | int | None = None) -> Send:
+    """Validate `room`, `id`, `text` and `meta` of a dict exactly as a WebSocket `send`.
+
+    For an HTTP publish: its body goes through `loads_json` and then here, never through a
+    re-encoding (which a deeply nested `meta` would make fail before validation).
+    """
+    return _decode_send(obj, limits, ref)
 
 
 def _decode_send(obj: dict[str, Any], limits: Limits, ref: str | int | None) -> Send:

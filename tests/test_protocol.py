@@ -17,7 +17,9 @@ from hypothesis import strategies as st
 from chat_actors.errors import ErrorCode, ProtocolError, TooLarge
 from chat_actors.protocol import (
     MAX_META_DEPTH,
+    MAX_INT,
     MAX_SEQ,
+    loads_json,
     ROOM_RE,
     USERNAME_RE,
     Limits,
@@ -133,18 +135,18 @@ def outcome(data: Any, limits: Limits = LIMITS) -> Any:
 # --------------------------------------------------------------------------- strategies
 
 usernames = st.from_regex(r"[A-Za-z0-9_.-]{3,32}", fullmatch=True)
-plain_rooms = st.from_regex(r"[A-Za-z0-9_.-]{1,64}", fullmatch=True)
+plain_rooms = st.from_regex(r"[A-Za-z0-9_.-]{1,64}", fullmatch=True).filter(lambda r: r not in (".", ".."))
 dm_rooms = st.tuples(usernames, usernames).filter(lambda p: p[0] != p[1]).map(lambda p: dm_room(*p))
 rooms = st.one_of(plain_rooms, dm_rooms)
 client_ids = st.text(min_size=1, max_size=64)
 texts = st.text(min_size=1, max_size=200)
 seqs = st.integers(0, MAX_SEQ)
 opt_seqs = st.none() | seqs
-refs = st.none() | st.text(max_size=64) | st.integers(-(2**63), 2**64 - 1)
+refs = st.none() | st.text(max_size=64) | st.integers(-MAX_INT, MAX_INT)
 json_scalars = (
     st.none()
     | st.booleans()
-    | st.integers(-(2**63), 2**64 - 1)
+    | st.integers(-MAX_INT, MAX_INT)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=20)
 )
@@ -548,7 +550,7 @@ def test_ref_one_point_zero_in_the_text_is_rejected() -> None:
     assert reject('{"type":"ping","ref":1e0}').ref is None
 
 
-@pytest.mark.parametrize("ref", ["", "r", "x" * 64, "😀" * 64, 0, 7, -3, 2**63 - 1, -(2**63), 2**64 - 1])
+@pytest.mark.parametrize("ref", ["", "r", "x" * 64, "😀" * 64, 0, 7, -3, MAX_INT, -MAX_INT])
 def test_valid_refs(ref: Any) -> None:
     for kind in TYPES:
         assert decode({**VALID[kind], "ref": ref}).ref == ref
@@ -626,11 +628,11 @@ def test_meta_exactly_1024_bytes_ok_1025_too_large() -> None:
     assert isinstance(reject({**VALID["send"], "meta": _meta_of_size(101)}, Limits(max_meta_bytes=100)), TooLarge)
 
 
-GOOD_ROOMS = ["general", "a", "A-b_c.d", "..", "x" * 64, "0", "dm:alice:bob", "dm:Bob:alice", "dm:abc:abd", "dm:a.b:a_b"]
+GOOD_ROOMS = ["general", "a", "A-b_c.d", "...", ".a", "x" * 64, "0", "dm:alice:bob", "dm:Bob:alice", "dm:abc:abd", "dm:a.b:a_b"]
 BAD_ROOMS = [
     "", "x" * 65, "has space", "général", "room\n", "tab\t", "dm:bob:alice", "dm:alice:alice", "dm:al:bob",
     "dm:alice:bob:carol", "dm:alice", "dm::bob", "dm:alice:", "DM:alice:bob", "dm:alice:bob\n",
-    "dm:alice:" + "b" * 33, "dm:alice:bób", "a/b", "a:b", "#general",
+    "dm:alice:" + "b" * 33, "dm:alice:bób", "a/b", "a:b", "#general", ".", "..",
 ]
 
 
@@ -709,3 +711,48 @@ def test_patterns() -> None:
     assert USERNAME_RE.match("alice") and not USERNAME_RE.match("alice\n") and not USERNAME_RE.match("al")
     assert is_valid_username("a.b-c_9") and not is_valid_username("dm:x") and not is_valid_username(None)
     assert not is_valid_room(None) and not is_valid_room(7)
+
+
+# --------------------------------------------------------------------------- number range (section 3)
+
+OUT_OF_RANGE = ["9007199254740992", "-9007199254740992", "18446744073709551616", "1" + "0" * 29,
+                "1." + "0" * 40 + "1", "0." + "0" * 31 + "1"]
+#: orjson refuses these as JSON at all (infinite as a double): bad_request as well
+OVERFLOWING = ["1e400", "-1e400"]
+
+
+@pytest.mark.parametrize("token", OUT_OF_RANGE)
+def test_meta_number_out_of_range_or_too_long_is_refused(token: str) -> None:
+    """orjson reads 2**64 as 1.8446744073709552e+19: refused instead of stored changed."""
+    frame = '{"type":"send","room":"r","id":"m","text":"t","ref":3,"meta":{"a":[{"n":%s}]}}' % token
+    error = reject(frame)
+    assert error.code == ErrorCode.BAD_REQUEST and "'meta'" in error.message and error.ref == 3
+
+
+@pytest.mark.parametrize("token", OUT_OF_RANGE + OVERFLOWING)
+def test_number_out_of_range_anywhere_in_a_frame_is_refused(token: str) -> None:
+    for frame in ('{"type":"join","room":"r","since":%s}', '{"type":"read","room":"r","seq":%s}',
+                  '{"type":"ping","ref":%s}', '{"type":"ping","extra":[%s]}'):
+        assert reject(frame % token).code == ErrorCode.BAD_REQUEST
+
+
+@pytest.mark.parametrize("value", [MAX_INT, -MAX_INT, 0, 1.5, -2.25e10, 12345678901234567890.0])
+def test_numbers_in_range_keep_their_value(value: Any) -> None:
+    cmd = decode({"type": "send", "room": "r", "id": "m", "text": "t", "meta": {"v": value, "l": [value]}})
+    assert cmd.meta == {"v": value, "l": [value]}
+    assert type(cmd.meta["v"]) is type(value)
+
+
+def test_loads_json_applies_the_number_rules() -> None:
+    assert loads_json(b'{"a":[1,2.5,{"b":%d}]}' % MAX_INT) == {"a": [1, 2.5, {"b": MAX_INT}]}
+    for bad in (b'{"a":18446744073709551616}', b"[1e999]", b"9007199254740992", b"{", b'{"a":1' + b"0" * 40 + b"}"):
+        with pytest.raises(ProtocolError):
+            loads_json(bad)
+
+
+def test_deep_nesting_with_a_float_is_a_protocol_error_not_a_crash() -> None:
+    deep = "[" * 1000 + "1.5" + "]" * 1000
+    try:
+        loads_json(deep)
+    except ProtocolError:
+        pass
