@@ -38,6 +38,7 @@ def test_defaults_are_the_protocol_defaults():
     assert c.room_idle_s == 30
     assert c.handshake_timeout_s == 10
     assert c.auth_timeout_s == 10
+    assert (c.auth_queue, c.max_connections_per_user, c.max_rooms_per_user) == (32, 100, 1000)
     assert c.log_level == "INFO"
 
 
@@ -155,6 +156,9 @@ ENV_CASES = [
     ("CHAT_ROOM_IDLE", "0.1", "room_idle_s", 0.1),
     ("CHAT_HANDSHAKE_TIMEOUT", "2", "handshake_timeout_s", 2.0),
     ("CHAT_AUTH_TIMEOUT", "3", "auth_timeout_s", 3.0),
+    ("CHAT_AUTH_QUEUE", "4", "auth_queue", 4),
+    ("CHAT_MAX_CONNECTIONS_PER_USER", "7", "max_connections_per_user", 7),
+    ("CHAT_MAX_ROOMS_PER_USER", "50", "max_rooms_per_user", 50),
     ("CHAT_LOG_LEVEL", "debug", "log_level", "DEBUG"),
     ("CHAT_LOG_LEVEL", "WARNING", "log_level", "WARNING"),
 ]
