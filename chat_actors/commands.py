@@ -14,9 +14,14 @@ from typing import Any, Generic, Protocol, TypeVar
 import attrs
 import trio
 
-from .errors import ChatError
+from .errors import ChatError, Unavailable
 
 T = TypeVar("T")
+
+#: The longest anyone waits for a room actor's answer or for room in its inbox. A healthy
+#: actor answers in milliseconds (a commit, a store read); one that is stuck or gone must not
+#: hang its callers (a connection's reader, an HTTP request) forever.
+REPLY_TIMEOUT_S = 30.0
 
 
 class Peer(Protocol):
@@ -42,11 +47,15 @@ class Peer(Protocol):
     def send_error(self, error: ChatError) -> None:
         """Queue an `error` event; counts against the peer's error budget."""
 
+    def close(self, code: int, reason: str) -> None:
+        """Close the connection (never blocks): e.g. its room's actor crashed, so it must resume."""
+
 
 class Reply(Generic[T]):
     """A one-shot answer slot: set once by the actor, awaited once by the requester.
 
-    Cancellation of the waiter leaves the slot unread; the actor never blocks on it.
+    Cancellation of the waiter leaves the slot unread; the actor never blocks on it. A wait
+    is bounded: after `REPLY_TIMEOUT_S` it raises `Unavailable`.
     """
 
     __slots__ = ("_event", "_value", "_error")
@@ -70,9 +79,13 @@ class Reply(Generic[T]):
     def done(self) -> bool:
         return self._event.is_set()
 
-    async def wait(self) -> T:
-        """Wait for the answer; raises the error the actor failed it with."""
-        await self._event.wait()
+    async def wait(self, timeout_s: float = REPLY_TIMEOUT_S) -> T:
+        """Wait for the answer; raises the error the actor failed it with, or `Unavailable`
+        when none came within `timeout_s`."""
+        with trio.move_on_after(timeout_s):
+            await self._event.wait()
+        if not self._event.is_set():
+            raise Unavailable("the room did not answer in time, retry")
         if self._error is not None:
             raise self._error
         return self._value  # type: ignore[return-value]

@@ -15,7 +15,7 @@ import logging
 import attrs
 import trio
 
-from .commands import RoomCommand
+from .commands import REPLY_TIMEOUT_S, RoomCommand
 from .errors import Unavailable
 from .room import RoomActor, RoomDeps
 
@@ -54,14 +54,21 @@ class Registry:
         return handle
 
     async def _run_actor(self, handle: _Handle) -> None:
+        actor = handle.actor
         try:
-            await handle.actor.run()
+            await actor.run()
         except Exception:
-            log.exception("room %s: actor crashed", handle.actor.name)
+            log.exception("room %s: actor crashed", actor.name)
+            # Unregister first, so the next command spawns a fresh actor (which reloads the
+            # room from the store); then answer everything queued or half-done, synchronously,
+            # before close() would silently discard what is still in the channel.
+            if self._rooms.get(actor.name) is handle:
+                del self._rooms[actor.name]
+            actor.fail_everything(Unavailable(f"room {actor.name} failed; nothing more was stored, retry"))
         finally:
-            if self._rooms.get(handle.actor.name) is handle:
-                del self._rooms[handle.actor.name]
-            handle.actor.inbox.close()
+            if self._rooms.get(actor.name) is handle:
+                del self._rooms[actor.name]
+            actor.inbox.close()
 
     def _retire(self, actor: RoomActor) -> bool:
         """Called by an idle actor: unregister and close in one step if nothing is queued."""
@@ -76,8 +83,9 @@ class Registry:
     async def send(self, room: str, cmd: RoomCommand) -> None:
         """Deliver `cmd` to the room's actor, spawning it if needed.
 
-        Waits while the room's inbox is full (backpressure for a flooding sender). Raises
-        `Unavailable` once the server is shutting down.
+        Waits while the room's inbox is full (backpressure for a flooding sender), at most
+        `REPLY_TIMEOUT_S`. Raises `Unavailable` once the server is shutting down, or when the
+        room took no command for that long (a stuck actor must not hang its senders).
         """
         while True:
             if self._closed:
@@ -89,22 +97,34 @@ class Registry:
                 try:
                     handle.send.send_nowait(cmd)     # the usual case: no schedule point per command
                 except trio.WouldBlock:
-                    await handle.send.send(cmd)
+                    with trio.move_on_after(REPLY_TIMEOUT_S):
+                        await handle.send.send(cmd)
+                        return
+                    raise Unavailable(f"room {room} is not taking commands, retry") from None
                 return
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 if self._rooms.get(room) is handle:
                     del self._rooms[room]
 
-    def send_if_active(self, room: str, cmd: RoomCommand) -> bool:
-        """Best-effort notice to a live actor (e.g. a new grant); dropped if none or full."""
+    async def notify(self, room: str, cmd: RoomCommand) -> None:
+        """Tell a live actor about a change already in the store (e.g. a new grant).
+
+        No actor: nothing to do, the next one loads the room from the store. A full inbox is
+        waited on like any command, never dropped (a lost grant kept a new member out).
+        """
         handle = self._rooms.get(room)
         if handle is None:
-            return False
+            return
         try:
-            handle.send.send_nowait(cmd)
-            return True
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-            return False
+            try:
+                handle.send.send_nowait(cmd)
+            except trio.WouldBlock:
+                with trio.fail_after(REPLY_TIMEOUT_S):
+                    await handle.send.send(cmd)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass            # retired meanwhile: its successor reads the store
+        except trio.TooSlowError:
+            raise Unavailable(f"room {room} is not taking commands, retry") from None
 
     def statistics(self) -> RegistryStats:
         depths = [h.actor.inbox_depth for h in self._rooms.values()]

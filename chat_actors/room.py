@@ -35,7 +35,7 @@ from .commands import (
     RoomCommand,
     TypingCmd,
 )
-from .errors import ChatError, Forbidden, Internal, NotFound, Unavailable
+from .errors import ChatError, CloseCode, Forbidden, Internal, NotFound, TooLarge, Unavailable
 from .metrics import Metrics
 from .protocol import encode_event, message_json
 from .records import Ack, Left, Message, PresenceList, PresenceMember
@@ -59,6 +59,7 @@ class RoomDeps:
     metrics: Metrics
     presence_grace_s: float
     idle_s: float
+    max_rooms_per_user: int = 1000
 
 
 def _copy_error(error: ChatError, ref: str | int | None) -> ChatError:
@@ -83,8 +84,14 @@ class RoomActor:
         self.state = RoomState(name, grace_s=deps.presence_grace_s)
         self._cmds: list[PublishCmd] = []
         self._msgs: list[NewMessage] = []
-        #: answers that must wait until this drain's membership/cursor changes are committed
-        self._after_commit: list[Callable[[], object]] = []
+        #: answers that must wait until this drain's membership/cursor changes are committed,
+        #: with the command each answers (failed instead if the actor crashes first)
+        self._after_commit: list[tuple[RoomCommand, Callable[[], object]]] = []
+        #: the drain being applied and how far: what a crash must still answer
+        self._batch: list[RoomCommand] = []
+        self._pos = 0
+        #: publishes handed to the store and not yet answered
+        self._committing: list[PublishCmd] = []
         self._last_active = 0.0
         self._handlers = {
             JoinCmd: self._join,
@@ -117,8 +124,10 @@ class RoomActor:
             if batch is None:
                 await self._flush()
                 return
-            for cmd in batch:
+            self._batch = batch
+            for self._pos, cmd in enumerate(batch):
                 await self._apply(cmd)
+            self._batch = []
             await self._flush()
             now = trio.current_time()
             for event in self.state.expire(now):
@@ -152,13 +161,43 @@ class RoomActor:
         return []
 
     async def _apply(self, cmd: RoomCommand) -> None:
+        handler = self._handlers[type(cmd)]
         try:
-            await self._handlers[type(cmd)](cmd)
+            try:
+                await handler(cmd)
+            except Forbidden:
+                # grants are cached here and a GrantCmd may come after the user's command (or
+                # from another node): look again before refusing. Handlers refuse before
+                # changing anything, so running one again is safe.
+                if not await self._granted_since(cmd):
+                    raise
+                await handler(cmd)
         except ChatError as error:
             self._fail(cmd, error)
         except Exception:
             log.exception("room %s: command %s failed", self.name, type(cmd).__name__)
             self._fail(cmd, Internal("internal error"))
+
+    def fail_everything(self, error: ChatError) -> None:
+        """After a crash: answer every command still owed an answer with `error`, and close
+        the joined connections (their membership lived here) so they resume with `join since`.
+
+        Synchronous, and it drains the inbox too (senders blocked on a full inbox included),
+        so the registry can close the inbox right after without discarding a queued command.
+        """
+        owed: list[RoomCommand] = [*self._batch[self._pos:], *self._cmds, *self._committing]
+        owed.extend(cmd for cmd, _ in self._after_commit)
+        self._batch, self._cmds, self._msgs, self._committing, self._after_commit = [], [], [], [], []
+        while True:
+            try:
+                owed.append(self.inbox.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+        for cmd in owed:
+            if not isinstance(cmd, DisconnectCmd):
+                self._fail(cmd, error)
+        for peer in list(self.state.conns.values()):
+            peer.close(CloseCode.INTERNAL, "room unavailable, rejoin")
 
     def _fail(self, cmd: RoomCommand, error: ChatError) -> None:
         reply = getattr(cmd, "reply", None)
@@ -168,6 +207,21 @@ class RoomActor:
         peer = getattr(cmd, "peer", None)
         if peer is not None:
             peer.send_error(_copy_error(error, getattr(cmd, "ref", None)))
+
+    async def _granted_since(self, cmd: RoomCommand) -> bool:
+        """Re-read a private room's grants; True when the command's user may now enter."""
+        state = self.state
+        user = getattr(cmd, "user", None) or getattr(getattr(cmd, "peer", None), "user", None)
+        if user is None or state.info is None or state.info.kind != "private":
+            return False
+        state.load(await self.deps.store.load_room(self.name))
+        return state.can_access(user)
+
+    async def _check_room_cap(self, user: str) -> None:
+        """PROTOCOL section 7: a user is a member of at most `max_rooms_per_user` rooms."""
+        cap = self.deps.max_rooms_per_user
+        if await self.deps.store.count_user_rooms(user) >= cap:
+            raise TooLarge(f"{user} is a member of {cap} rooms already (the most allowed); leave one first")
 
     # -- room lifecycle -------------------------------------------------------------------
     async def _reload(self) -> None:
@@ -189,6 +243,8 @@ class RoomActor:
             other = participants[1] if participants[0] == user else participants[0]
             if await store.get_user(other) is None:
                 raise NotFound(f"unknown user {other}")
+            await self._check_room_cap(user)
+            await self._check_room_cap(other)
             await store.ensure_room(self.name, kind="direct", owner=None, ts=now)
         else:
             await store.ensure_room(self.name, kind="public", owner=None, ts=now)
@@ -199,10 +255,12 @@ class RoomActor:
         if not self.state.exists:
             await self._create(cmd.peer.user)
         newly_member = cmd.peer.user not in self.state.member_users
+        if newly_member and self.state.can_access(cmd.peer.user):
+            await self._check_room_cap(cmd.peer.user)
         result, online = self.state.join(cmd.peer, cmd.since)
         if newly_member:
             # answer after the membership is committed, so the next welcome lists the room
-            self._after_commit.append(partial(cmd.reply.set, result))
+            self._after_commit.append((cmd, partial(cmd.reply.set, result)))
         else:
             cmd.reply.set(result)
         if online is not None:
@@ -212,7 +270,7 @@ class RoomActor:
         offline = self.state.leave(cmd.peer) if self.state.can_access(cmd.peer.user) else None
         left = partial(cmd.peer.send_event, Left(room=self.name, ref=cmd.ref))
         if self.state.has_pending:
-            self._after_commit.append(left)  # the next welcome must not list the room any more
+            self._after_commit.append((cmd, left))  # the next welcome must not list the room any more
         else:
             left()
         if offline is not None:
@@ -248,10 +306,10 @@ class RoomActor:
         if event is not None:
             # relayed once the cursor is committed: whoever sees it and reconnects at once
             # finds the same cursor in welcome
-            self._after_commit.append(partial(self._broadcast, encode_event(event), durable=False,
-                                              exclude=cmd.peer.id))
+            self._after_commit.append((cmd, partial(self._broadcast, encode_event(event), durable=False,
+                                                    exclude=cmd.peer.id)))
             if cmd.reply is not None:
-                self._after_commit.append(partial(cmd.reply.set, True))
+                self._after_commit.append((cmd, partial(cmd.reply.set, True)))
         elif cmd.reply is not None:
             cmd.reply.set(False)
 
@@ -294,7 +352,7 @@ class RoomActor:
         try:
             await self._commit(cmds, msgs)
         finally:
-            for answer in deferred:
+            for _, answer in deferred:
                 answer()
 
     async def _commit(self, cmds: list[PublishCmd], msgs: list[NewMessage]) -> None:
@@ -307,9 +365,11 @@ class RoomActor:
         batch = RoomBatch(room=self.name, messages=tuple(msgs), joins=joins, leaves=leaves, cursors=cursors)
         metrics = self.deps.metrics
         started = time.perf_counter()
+        self._committing = cmds
         try:
             results = await self.deps.store.commit(batch)
         except Exception as exc:
+            self._committing = []
             if not isinstance(exc, ChatError):
                 log.exception("room %s: commit failed", self.name)
             else:
@@ -333,6 +393,7 @@ class RoomActor:
                 cmd.reply.set(PublishResult(seq=res.seq, ts=res.ts, duplicate=res.duplicate))
             elif cmd.peer is not None:
                 cmd.peer.send_event(Ack(id=msg.client_id, room=self.name, seq=res.seq, ts=res.ts, ref=cmd.ref))
+        self._committing = []
         if fresh:
             self._fan_out(fresh)
         metrics.messages_in.inc(len(fresh))
