@@ -36,6 +36,7 @@ from .commands import (
 )
 from .config import Config
 from .errors import ChatError, CloseCode, ErrorCode, ProtocolError, RateLimited, Unavailable
+from .fair import FairLimiter
 from .identity import Authenticator
 from .limits import ErrorBudget, TokenBucket
 from .metrics import Metrics
@@ -80,6 +81,8 @@ class ConnectionDeps:
     metrics: Metrics
     authenticate: Authenticator
     server_name: str
+    #: store reads made for clients (welcome, replays, history), shared out fairly per user
+    reads: FairLimiter = attrs.field(factory=lambda: FairLimiter(total=4, per_key=2))
 
     @property
     def limits(self) -> Limits:
@@ -178,6 +181,9 @@ class Connection:
     def send_event(self, event: Any, durable: bool = True) -> bool:
         return self.deliver(encode_text_frame(encode_event(event)), durable)
 
+    def close(self, code: int, reason: str) -> None:
+        self._ws.close(code, reason)
+
     def send_error(self, error: ChatError) -> None:
         code = error.code.value
         self._deps.metrics.errors.labels(code).inc()
@@ -219,6 +225,11 @@ class Connection:
     # -- lifecycle ----------------------------------------------------------------------------
     async def run(self) -> None:
         deps = self._deps
+        # The upgrade already answered 429 beyond the cap; this check and the add below have
+        # no await between them, so racing upgrades (or first-frame auths) cannot exceed it.
+        if deps.sessions.count(self.user) >= deps.config.max_connections_per_user:
+            self._ws.close(CloseCode.POLICY, "too many connections for this user")
+            return
         deps.sessions.add(self)
         self._hold_begin()
         try:
@@ -236,7 +247,8 @@ class Connection:
         deps, ws = self._deps, self._ws
         cfg = deps.config
         try:
-            rooms = await deps.store.user_rooms(self.user)
+            async with deps.reads.hold(self.user):
+                rooms = await deps.store.user_rooms(self.user, cfg.max_rooms_per_user)
             self._send_now(Welcome(
                 user=self.user, session=self.id, server=deps.server_name, heartbeat=cfg.heartbeat_s,
                 limits=WelcomeLimits(
@@ -248,7 +260,10 @@ class Connection:
             # welcome's rooms carry each direct room's seq and read cursor: ask the store for
             # undelivered direct messages only when one of them has any (most connects: none)
             pending = any(r.seq > r.read for r in rooms if r.room.startswith("dm:"))
-            backlog = await deps.store.undelivered_direct(self.user, MAX_REPLAY) if pending else []
+            backlog: list = []
+            if pending:
+                async with deps.reads.hold(self.user):
+                    backlog = await deps.store.undelivered_direct(self.user, MAX_REPLAY)
         except ChatError as error:
             log.warning("conn %s: store unavailable during welcome: %s", self.id, error)
             self._hold = None
@@ -336,7 +351,8 @@ class Connection:
                     self.user, cmd.id, cmd.text, cmd.meta, cmd.ref, peer=self, direct_to=cmd.to,
                 ))
         elif isinstance(cmd, History):
-            await self._history(cmd)
+            if self._rate_ok(cmd.ref):
+                await self._history(cmd)
         elif isinstance(cmd, PresenceQuery):
             await registry.send(cmd.room, PresenceCmd(self.user, cmd.ref, peer=self))
         elif isinstance(cmd, Ping):
@@ -352,14 +368,25 @@ class Connection:
         reply: Reply[JoinResult] = Reply()
         self._hold_begin()
         replayed: dict[str, int] = {}
+        joined_before = cmd.room in self.rooms
+        # noted before the answer: a join answered after our wait gave up still gets the
+        # DisconnectCmd that takes this connection out of the room again
+        self.rooms.add(cmd.room)
         try:
             await deps.registry.send(cmd.room, JoinCmd(self, cmd.since, cmd.ref, reply))
-            result = await reply.wait()
-            self.rooms.add(cmd.room)
+            try:
+                result = await reply.wait()
+            except Unavailable:
+                raise
+            except ChatError:
+                if not joined_before:
+                    self.rooms.discard(cmd.room)
+                raise
             recovered = result.recovered
             if cmd.since is not None and recovered and result.seq > cmd.since:
                 try:
-                    missed = await deps.store.messages_between(cmd.room, cmd.since, result.seq, MAX_REPLAY)
+                    async with deps.reads.hold(self.user):
+                        missed = await deps.store.messages_between(cmd.room, cmd.since, result.seq, MAX_REPLAY)
                 except ChatError:
                     recovered = False
                     missed = []
@@ -379,7 +406,8 @@ class Connection:
         reply: Reply[bool] = Reply()
         await deps.registry.send(cmd.room, AccessCmd(self.user, reply))
         await reply.wait()
-        messages, more = await deps.store.history(cmd.room, before=cmd.before, after=cmd.after, limit=cmd.limit)
+        async with deps.reads.hold(self.user):
+            messages, more = await deps.store.history(cmd.room, before=cmd.before, after=cmd.after, limit=cmd.limit)
         page = HistoryPage(
             room=cmd.room, messages=tuple(message_from_stored(m) for m in messages), more=more, ref=cmd.ref,
         )

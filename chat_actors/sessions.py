@@ -40,5 +40,10 @@ class Sessions:
     def is_online(self, user: str) -> bool:
         return user in self._by_user
 
+    def count(self, user: str) -> int:
+        """The user's open connections on this node (the per-user connection cap)."""
+        conns = self._by_user.get(user)
+        return len(conns) if conns else 0
+
     def __len__(self) -> int:
         return self._count

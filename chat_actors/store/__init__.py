@@ -262,9 +262,13 @@ class Store(Protocol):
         """Messages with after < seq <= upto, ascending, at most ``limit`` (the oldest)."""
         ...
 
-    async def user_rooms(self, user: str) -> list[UserRoom]:
-        """Rooms the user is a member of plus all their direct rooms (joined or not);
-        seq = room last_seq, read = the user's cursor (0 if none)."""
+    async def user_rooms(self, user: str, limit: int = -1) -> list[UserRoom]:
+        """Rooms the user is a member of plus all their direct rooms (joined or not), by name,
+        at most `limit` of them (-1: all); seq = room last_seq, read = the user's cursor (0 if none)."""
+        ...
+
+    async def count_user_rooms(self, user: str) -> int:
+        """How many rooms `user_rooms` would list without a limit (the per-user room cap)."""
         ...
 
     async def list_rooms(self, user: str) -> list[RoomListing]:

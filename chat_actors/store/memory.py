@@ -222,11 +222,18 @@ class MemoryStore:
     def _rooms_where(self, pick: Callable[[_Room], bool]) -> list[_Room]:
         return [self._rooms[name] for name in sorted(self._rooms) if pick(self._rooms[name])]
 
-    async def user_rooms(self, user: str) -> list[UserRoom]:
+    async def user_rooms(self, user: str, limit: int = -1) -> list[UserRoom]:
         await self._enter()
         dms = self._dm_rooms.get(user, set())
         rooms = self._rooms_where(lambda r: user in r.members or r.name in dms)
+        if limit >= 0:
+            rooms = rooms[:limit]
         return [UserRoom(r.name, r.last_seq, r.cursors.get(user, 0)) for r in rooms]
+
+    async def count_user_rooms(self, user: str) -> int:
+        await self._enter()
+        dms = self._dm_rooms.get(user, set())
+        return len(self._rooms_where(lambda r: user in r.members or r.name in dms))
 
     async def list_rooms(self, user: str) -> list[RoomListing]:
         await self._enter()

@@ -132,6 +132,10 @@ SELECT r.name, r.last_seq, coalesce(c.seq, 0)
 FROM rooms AS r LEFT JOIN cursors AS c ON c.room_id = r.id AND c.username = :user
 WHERE r.id IN (SELECT room_id FROM members WHERE username = :user UNION {_DM_ROOM_IDS})
 ORDER BY r.name
+LIMIT :limit
+"""
+COUNT_USER_ROOMS = f"""
+SELECT count(*) FROM (SELECT room_id FROM members WHERE username = :user UNION {_DM_ROOM_IDS})
 """
 LIST_ROOMS = f"""
 SELECT {_ROOM_COLS}, (SELECT count(*) FROM members AS m WHERE m.room_id = r.id)
@@ -409,8 +413,12 @@ def _find(conn: sqlite3.Connection, room: str, sender: str, client_id: str) -> A
     return None if row is None else AppendResult(row[0], row[1], True)
 
 
-def _user_rooms(conn: sqlite3.Connection, user: str) -> list[UserRoom]:
-    return [UserRoom(*row) for row in conn.execute(USER_ROOMS, {"user": user})]
+def _user_rooms(conn: sqlite3.Connection, user: str, limit: int) -> list[UserRoom]:
+    return [UserRoom(*row) for row in conn.execute(USER_ROOMS, {"user": user, "limit": limit})]
+
+
+def _count_user_rooms(conn: sqlite3.Connection, user: str) -> int:
+    return conn.execute(COUNT_USER_ROOMS, {"user": user}).fetchone()[0]
 
 
 def _list_rooms(conn: sqlite3.Connection, user: str) -> list[RoomListing]:
@@ -605,8 +613,11 @@ class SqliteStore:
             raise ValueError("limit must be >= 1")
         return await self._read(_between, room, after, upto, limit)
 
-    async def user_rooms(self, user: str) -> list[UserRoom]:
-        return await self._read(_user_rooms, user)
+    async def user_rooms(self, user: str, limit: int = -1) -> list[UserRoom]:
+        return await self._read(_user_rooms, user, limit)
+
+    async def count_user_rooms(self, user: str) -> int:
+        return await self._read(_count_user_rooms, user)
 
     async def list_rooms(self, user: str) -> list[RoomListing]:
         return await self._read(_list_rooms, user)

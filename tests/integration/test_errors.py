@@ -104,7 +104,7 @@ async def test_bad_ref_bad_request(server, ref_json):
         await _still_open(c)
 
 
-@pytest.mark.parametrize("ref", ["x" * 64, "", 0, 123456789, -5, 2**53, "ünïcode"])
+@pytest.mark.parametrize("ref", ["x" * 64, "", 0, 123456789, -5, 2**53 - 1, -(2**53 - 1), "ünïcode"])
 async def test_good_ref_echoed_on_reply(server, ref):
     token = await _alice(server)
     async with server.connect(token) as c:

@@ -393,6 +393,22 @@ async def test_user_rooms(store: Store) -> None:
     assert await store.user_rooms("nobody") == []
 
 
+async def test_user_rooms_limit_and_count(store: Store) -> None:
+    """The per-user room cap (PROTOCOL section 7): count what welcome lists, list at most a limit."""
+    for name in ("c", "a", "b"):
+        await store.create_room(name, kind="public", owner=None, ts=1)
+        await store.commit(RoomBatch(name, joins=("alice",)))
+    await store.create_room("dm:alice:bob", kind="direct", owner=None, ts=1)
+    assert await store.count_user_rooms("alice") == 4
+    assert await store.count_user_rooms("bob") == 1
+    assert await store.count_user_rooms("nobody") == 0
+    assert [r.room for r in await store.user_rooms("alice", limit=2)] == ["a", "b"]
+    assert len(await store.user_rooms("alice", limit=10)) == 4
+    await store.commit(RoomBatch("dm:alice:bob", leaves=("alice",)))  # a direct room stays listed
+    await store.commit(RoomBatch("a", leaves=("alice",)))
+    assert await store.count_user_rooms("alice") == 3
+
+
 async def test_list_rooms_visibility(store: Store) -> None:
     await store.create_room("general", kind="public", owner="alice", ts=1)
     await store.create_room("lobby", kind="public", owner=None, ts=2)
