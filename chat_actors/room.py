@@ -252,12 +252,16 @@ class RoomActor:
 
     # -- commands -----------------------------------------------------------------------------
     async def _join(self, cmd: JoinCmd) -> None:
-        if not self.state.exists:
-            await self._create(cmd.peer.user)
-        newly_member = cmd.peer.user not in self.state.member_users
-        if newly_member and self.state.can_access(cmd.peer.user):
-            await self._check_room_cap(cmd.peer.user)
-        result, online = self.state.join(cmd.peer, cmd.since)
+        user = cmd.peer.user
+        state = self.state
+        # before creating anything: a user at the cap must not leave empty rooms behind
+        # (direct rooms check both users in _create, and count whether joined or not)
+        if not state.is_direct and user not in state.member_users and state.can_access(user):
+            await self._check_room_cap(user)
+        if not state.exists:
+            await self._create(user)
+        newly_member = user not in state.member_users
+        result, online = state.join(cmd.peer, cmd.since)
         if newly_member:
             # answer after the membership is committed, so the next welcome lists the room
             self._after_commit.append((cmd, partial(cmd.reply.set, result)))

@@ -31,6 +31,9 @@ async def test_a_join_beyond_the_room_cap_is_too_large(server) -> None:
             await alice.join(f"room{i}")
         refused = await alice.request({"type": "join", "room": "one-more"}, "joined")
         assert refused["type"] == "error" and refused["code"] == "too_large", refused
+        async with http(server.http_url) as h:           # nothing was created for the refused join
+            listed = (await h.get("/api/rooms", headers=auth(token))).json()["rooms"]
+        assert "one-more" not in {room["name"] for room in listed}
         await alice.join("room0")                        # already a member: not a new membership
         await alice.leave("room1")
         await alice.join("one-more")                     # a slot freed by the leave
