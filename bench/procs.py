@@ -143,8 +143,10 @@ class Processes:
             "CHAT_STORE": store or f"sqlite:///{data}/chat.db",
             "CHAT_DATA_DIR": str(data),
             "CHAT_JWT_SECRET": secrets.token_hex(32),
-            # the bench measures throughput, not policy: lift the per-connection send limit
+            # the bench measures throughput, not policy: lift the per-connection send limit and
+            # the per-user connection cap (its connections are devices of a few users)
             "CHAT_RATE_PER_SECOND": "1000000", "CHAT_RATE_BURST": "1000000",
+            "CHAT_MAX_CONNECTIONS_PER_USER": "1000000",
             "CHAT_LOG_LEVEL": "WARNING",
             **(extra_env or {}),
         }

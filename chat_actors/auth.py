@@ -2,24 +2,33 @@
 
 Password hashing is deliberately slow (argon2id), so it runs in worker threads behind a small
 CapacityLimiter: a login flood queues on the limiter instead of exhausting the thread pool or
-stalling the event loop, and memory stays bounded at `max_concurrent` x `memory_cost`.
+stalling the event loop, and memory stays bounded at `max_concurrent` x `memory_cost`. The queue
+in front of the limiter is bounded too (`queue_size`, CHAT_AUTH_QUEUE): a flood of bogus logins
+would otherwise delay a real one without bound (200 of them made one login take 18 s), so the
+call after the queue is full is refused at once with `HasherBusy` (HTTP 429 with Retry-After).
 
 Tokens are HS256 JWTs checked by pyjwt with a fixed algorithm list, so a token cannot choose
-its own algorithm (`none`, HS512, RS256 with the secret as a "public key"). Whether the
-subject is a registered user is the caller's check: it needs the store.
+its own algorithm (`none`, HS512, RS256 with the secret as a "public key"). pyjwt coerces the
+time claims with int() (so "123", 1.5 and true pass) and accepts any size of integer, which
+later code (a float conversion, a deadline) cannot take: the claims are re-checked after pyjwt
+as JSON integers within +-(2**53-1), like every integer of the wire (PROTOCOL sections 2, 3).
+Whether the subject is a registered user is the caller's check: it needs the store.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 import secrets
 import stat
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import argon2
 import attrs
@@ -27,7 +36,8 @@ import jwt
 import trio
 
 from chat_actors.config import Config, ConfigError
-from chat_actors.errors import ProtocolError, Unauthorized
+from chat_actors.errors import ProtocolError, RateLimited, Unauthorized
+from chat_actors.protocol import is_safe_int
 
 __all__ = [
     "MAX_PASSWORD_CHARS",
@@ -36,6 +46,7 @@ __all__ = [
     "SECRET_FILE_NAME",
     "USERNAME_RE",
     "Claims",
+    "HasherBusy",
     "PasswordHasher",
     "TokenIssuer",
     "is_valid_username",
@@ -45,6 +56,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Usernames of PROTOCOL section 2 (case-sensitive). `\Z`, not `$`, so "alice\n" never matches.
 USERNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{3,32}\Z")
@@ -57,6 +69,17 @@ _ALGORITHM = "HS256"
 _MIN_SECRET_BYTES = (
     32  # RFC 7518 section 3.2: an HS256 key at least as long as the hash
 )
+#: time claims that must be JSON integers when present (`exp` and `iat` are also required)
+_TIME_CLAIMS = ("exp", "nbf", "iat")
+#: what one hash is assumed to cost before any has been measured (Retry-After estimate)
+_INITIAL_HASH_S = 0.1
+
+
+def _timed(fn: Callable[..., T], args: tuple[object, ...]) -> tuple[T, float]:
+    """Run `fn(*args)` in the worker thread and say how long it took (for Retry-After)."""
+    start = time.perf_counter()
+    result = fn(*args)
+    return result, time.perf_counter() - start
 
 
 def is_valid_username(name: object) -> bool:
@@ -94,16 +117,35 @@ def validate_password(pw: object) -> None:
         raise ProtocolError("password must be valid Unicode text") from None
 
 
+class HasherBusy(RateLimited):
+    """The password hasher's queue is full: answer 429 with `Retry-After: retry_after_s` at once."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(
+            "too many logins and registrations are waiting for a password check; "
+            f"retry in {retry_after_s} s"
+        )
+        self.retry_after_s = retry_after_s
+
+
 class PasswordHasher:
     """argon2id hashing off the event loop, at most `max_concurrent` hashes at a time.
 
     The defaults are argon2-cffi's RFC 9106 "low memory" profile (t=3, 64 MiB, p=4), so two
     concurrent hashes use about 128 MiB. Tests may pass cheaper parameters.
 
-    Cancellation: a call waiting for a limiter slot is cancelled at once. A hash already running
-    in its thread cannot be interrupted (argon2 has no cancel point), so cancellation takes
-    effect when it finishes, a few tens of milliseconds later, and the result is discarded. The
-    thread is never abandoned, which is what keeps the limiter an honest bound.
+    Queue bound: at most `queue_size` calls of `hash`/`verify` are admitted at once, counting
+    the ones hashing in a thread (at most `max_concurrent`) and the ones waiting for a thread.
+    One more raises `HasherBusy` at once, without waiting and without hashing, so a caller
+    admitted behind a flood waits for at most `ceil(queue_size / max_concurrent)` hashes. When
+    `queue_size < max_concurrent`, only `queue_size` hashes ever run at once. Calls that need
+    no hash (an over-long password, one that is not text) are not counted and never refused.
+
+    Cancellation: a call waiting for a limiter slot is cancelled at once and frees its place in
+    the queue. A hash already running in its thread cannot be interrupted (argon2 has no cancel
+    point), so cancellation takes effect when it finishes, a few tens of milliseconds later,
+    and the result is discarded. The thread is never abandoned, which is what keeps the
+    limiter an honest bound.
     """
 
     def __init__(
@@ -113,7 +155,10 @@ class PasswordHasher:
         memory_cost_kib: int = 65536,
         parallelism: int = 4,
         max_concurrent: int = 2,
+        queue_size: int = 32,
     ) -> None:
+        if max_concurrent < 1 or queue_size < 1:
+            raise ValueError("max_concurrent and queue_size must be at least 1")
         self._hasher = argon2.PasswordHasher(
             time_cost=time_cost,
             memory_cost=memory_cost_kib,
@@ -121,20 +166,32 @@ class PasswordHasher:
             type=argon2.Type.ID,
         )
         self._limiter = trio.CapacityLimiter(max_concurrent)
+        self._queue_size = queue_size
+        self._admitted = 0
+        self._hash_s = _INITIAL_HASH_S  # running mean of one hash's duration
         self._dummy_hash: str | None = None
+        self._dummy_lock = trio.Lock()
+
+    @property
+    def admitted(self) -> int:
+        """Calls in the hasher now (hashing or waiting for a thread)."""
+        return self._admitted
 
     async def hash(self, password: str) -> str:
-        """The encoded `$argon2id$...` hash of `password` (validate it first)."""
-        return await trio.to_thread.run_sync(
-            self._hasher.hash, password, limiter=self._limiter
-        )
+        """The encoded `$argon2id$...` hash of `password` (validate it first).
+
+        Raises HasherBusy when `queue_size` calls are in the hasher already.
+        """
+        with self._admit():
+            return await self._run(self._hasher.hash, password)
 
     async def verify(self, hash: str | None, password: str) -> bool:
         """True if `password` matches `hash`; False on a mismatch or an unreadable hash.
 
-        Never raises for a wrong password. `hash=None` (unknown user) verifies against a
-        throwaway hash and returns False, so a login for a missing account costs the same
-        time as one with a wrong password and does not reveal which accounts exist.
+        Never raises for a wrong password (HasherBusy when the queue is full). `hash=None`
+        (unknown user) verifies against a throwaway hash and returns False, so a login for a
+        missing account costs the same time as one with a wrong password and does not reveal
+        which accounts exist.
         """
         if not isinstance(password, str) or len(password) > MAX_PASSWORD_CHARS:
             return (
@@ -144,16 +201,40 @@ class PasswordHasher:
             password.encode("utf-8")
         except UnicodeEncodeError:
             return False
-        if hash is None:
+        with self._admit():
+            if hash is None:
+                await self._run(self._verify_sync, await self._dummy(), password)
+                return False
+            return await self._run(self._verify_sync, hash, password)
+
+    async def _dummy(self) -> str:
+        """The throwaway hash unknown users are checked against, made once on first need."""
+        async with self._dummy_lock:
             if self._dummy_hash is None:
-                self._dummy_hash = await self.hash(secrets.token_urlsafe(16))
-            await trio.to_thread.run_sync(
-                self._verify_sync, self._dummy_hash, password, limiter=self._limiter
-            )
-            return False
-        return await trio.to_thread.run_sync(
-            self._verify_sync, hash, password, limiter=self._limiter
+                self._dummy_hash = await self._run(self._hasher.hash, secrets.token_urlsafe(16))
+        return self._dummy_hash
+
+    @contextlib.contextmanager
+    def _admit(self) -> Iterator[None]:
+        if self._admitted >= self._queue_size:
+            raise HasherBusy(self._retry_after_s())
+        self._admitted += 1
+        try:
+            yield
+        finally:
+            self._admitted -= 1
+
+    def _retry_after_s(self) -> int:
+        """Whole seconds until the queue has drained at the measured hash rate (at least 1)."""
+        rounds = math.ceil(self._admitted / self._limiter.total_tokens)
+        return max(1, math.ceil(rounds * self._hash_s))
+
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        result, elapsed = await trio.to_thread.run_sync(
+            _timed, fn, args, limiter=self._limiter
         )
+        self._hash_s += (elapsed - self._hash_s) * 0.2
+        return result
 
     def _verify_sync(self, hash: str, password: str) -> bool:
         try:
@@ -184,10 +265,11 @@ class TokenIssuer:
     """Issues and checks HS256 tokens with `sub`, `iat`, `exp` (PROTOCOL section 2).
 
     `decode` rejects, with Unauthorized: any algorithm but HS256 (`none` included), a wrong
-    signature, a missing `exp`/`iat`/`sub`, an expired token, a `nbf` in the future, a subject
-    that is not a valid username, and anything malformed. Leeway is 0. `iat` must be present
-    and numeric but is not compared with the clock: PROTOCOL names `nbf` as the not-before
-    check, and comparing `iat` would refuse tokens from a node whose clock runs slightly ahead.
+    signature, a missing `exp`/`iat`/`sub`, an expired token, a `nbf` in the future, an `exp`,
+    `nbf` or `iat` that is not a JSON integer within +-(2**53-1) (a string, a float, a bool, a
+    huge integer), a subject that is not a valid username, and anything malformed. Leeway is 0.
+    `iat` is not compared with the clock: PROTOCOL names `nbf` as the not-before check, and
+    comparing `iat` would refuse tokens from a node whose clock runs slightly ahead.
     """
 
     def __init__(self, secret: str, ttl_s: float) -> None:
@@ -253,9 +335,11 @@ class TokenIssuer:
             raise Unauthorized(f"invalid token: {exc}") from None
         except (ValueError, TypeError, OverflowError, RecursionError):
             raise Unauthorized("malformed token") from None
-        iat = payload["iat"]
-        if not isinstance(iat, (int, float)) or isinstance(iat, bool):
-            raise Unauthorized("malformed token: iat must be a number")
+        for claim in _TIME_CLAIMS:
+            if claim in payload and not is_safe_int(payload[claim]):
+                raise Unauthorized(
+                    f"malformed token: {claim} must be an integer within +-(2**53-1)"
+                )
         user = payload["sub"]
         if not is_valid_username(user):
             raise Unauthorized("token subject is not a valid username")

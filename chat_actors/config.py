@@ -229,11 +229,12 @@ _OPTIONS: dict[str, _Option] = {
         "WebSocket ping interval; no inbound frame for twice this closes the connection "
         "(4000); token expiry is checked at least this often"),
     "max_frame_bytes": _Option(_COUNT, "BYTES",
-        "largest inbound WebSocket message (close 1009 above it)"),
+        "largest inbound WebSocket message (close 1009 above it) and largest HTTP request "
+        "body (413 too_large above it)"),
     "max_text_chars": _Option(_COUNT, "CHARS",
         "longest message text in Unicode code points (too_large above it)"),
     "rate_per_second": _Option(_RATE, "RATE",
-        "token bucket refill rate per connection for send, dm and typing"),
+        "token bucket refill rate per connection for send, dm, typing and history"),
     "rate_burst": _Option(_COUNT, "N",
         "token bucket size per connection (commands allowed in a burst)"),
     "presence_grace_s": _Option(_SECONDS0, "SECONDS",
@@ -255,7 +256,8 @@ _OPTIONS: dict[str, _Option] = {
     "room_idle_s": _Option(_SECONDS0, "SECONDS",
         "delay before an empty, idle room actor is retired"),
     "handshake_timeout_s": _Option(_SECONDS, "SECONDS",
-        "time a client has to complete the WebSocket upgrade"),
+        "time a client has to complete the WebSocket upgrade; on the HTTP port, how long "
+        "headers or a request body may stall before the connection is closed"),
     "auth_timeout_s": _Option(_SECONDS, "SECONDS",
         "time a connection without a token has to send its auth frame (close 4001 "
         "after it)"),

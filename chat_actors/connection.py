@@ -36,7 +36,7 @@ from .commands import (
 )
 from .config import Config
 from .errors import ChatError, CloseCode, ErrorCode, ProtocolError, RateLimited, Unavailable
-from .fair import FairLimiter
+from .fair import FairLimiter, client_reads
 from .identity import Authenticator
 from .limits import ErrorBudget, TokenBucket
 from .metrics import Metrics
@@ -82,7 +82,7 @@ class ConnectionDeps:
     authenticate: Authenticator
     server_name: str
     #: store reads made for clients (welcome, replays, history), shared out fairly per user
-    reads: FairLimiter = attrs.field(factory=lambda: FairLimiter(total=4, per_key=2))
+    reads: FairLimiter = attrs.field(factory=client_reads)
 
     @property
     def limits(self) -> Limits:

@@ -126,3 +126,9 @@ class FairLimiter:
             waiting=sum(len(q) for q in self._waiting.values()),
             waiting_keys=len(self._waiting),
         )
+
+
+def client_reads() -> FairLimiter:
+    """The limiter for store reads made on behalf of clients: as many slots as SQLite's
+    reader connections (4), at most 2 of them for one user."""
+    return FairLimiter(total=4, per_key=2)

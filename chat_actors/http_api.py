@@ -3,12 +3,21 @@
 Handlers never touch room state: reads of durable data go to the store, anything that
 involves a room's live state (publish, presence, access) goes through the room actor, so
 HTTP and WebSocket clients see one ordering and one set of rules.
+
+An invalid request is never a 500: bodies are parsed under the wire's number rules
+(`protocol.loads_json`) and validated field by field as they came (a publish goes through
+`protocol.decode_send_fields`, never through a re-encoding, which a deeply nested `meta` would
+break first); query integers are small decimal numbers checked before `int()`; ambiguous
+credentials (two `Authorization` or `X-Api-Key` headers) are 401. Body size, HTTP version and
+what happens to a body nobody read are `http_limits.RequestGuard`'s.
 """
 
 from __future__ import annotations
 
 import collections
+import hmac
 import importlib.resources
+import math
 import time
 from typing import Any, Awaitable, Callable
 
@@ -17,33 +26,84 @@ import orjson
 import trio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from .auth import PasswordHasher, TokenIssuer, validate_password, validate_username
 from .commands import AccessCmd, GrantCmd, PresenceCmd, PublishCmd, PublishResult, Reply
 from .config import Config
-from .errors import HTTP_STATUS, ChatError, ErrorCode, Forbidden, NotFound, ProtocolError, RateLimited, Unauthorized
+from .errors import (
+    HTTP_STATUS,
+    ChatError,
+    ErrorCode,
+    Forbidden,
+    NotFound,
+    ProtocolError,
+    RateLimited,
+    TooLarge,
+    Unauthorized,
+)
+from .fair import FairLimiter, client_reads
 from .identity import Authenticator
+from .http_limits import ASGIApp, RequestGuard
 from .limits import TokenBucket
 from .metrics import CONTENT_TYPE_LATEST, Metrics
-from .protocol import Limits, decode_command, encode_event, is_valid_room, message_from_stored
-from .records import HistoryPage, Send
+from .protocol import Limits, decode_send_fields, encode_event, is_valid_room, loads_json, message_from_stored
+from .records import HistoryPage
 from .registry import Registry
 from .store import Store
 
-MAX_BODY_BYTES = 65536
 #: how many users' HTTP publish buckets are remembered (least recently used go first)
 MAX_BUCKETS = 10000
+#: PROTOCOL section 3: integers within +-(2**53-1); seq cursors are never negative
+MAX_QUERY_INT = 2**53 - 1
+_MAX_QUERY_DIGITS = len(str(MAX_QUERY_INT))
 
 
 def _json(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
-def error_response(code: ErrorCode, message: str) -> Response:
-    return _json({"error": code.value, "message": message}, HTTP_STATUS[code])
+def error_response(code: ErrorCode, message: str, headers: dict[str, str] | None = None) -> Response:
+    response = _json({"error": code.value, "message": message}, HTTP_STATUS[code])
+    if headers:
+        response.headers.update(headers)
+    return response
+
+
+def readiness(components: dict[str, str]) -> tuple[str, int]:
+    """PROTOCOL section 8 `/readyz`: (status, HTTP status) from each component's "ok"/"down".
+
+    The store is the source of truth, so without it nothing can be served: 503 "unavailable".
+    Without the bus the node still serves its own clients: 200 "degraded".
+    """
+    if components.get("store") != "ok":
+        return "unavailable", 503
+    if any(state != "ok" for state in components.values()):
+        return "degraded", 200
+    return "ok", 200
+
+
+def query_int(request: Request, name: str) -> int | None:
+    """The query parameter `name` as an integer in 0..2**53-1, None when absent or empty.
+
+    Anything else is a ProtocolError (400): not decimal digits, more digits than 2**53-1 has
+    (checked before `int()`, which refuses over 4,300 digits with a ValueError), over 2**53-1,
+    or given twice (which value would count is a guess).
+    """
+    values = request.query_params.getlist(name)
+    if len(values) > 1:
+        raise ProtocolError(f"{name} is given more than once")
+    if not values or values[0] == "":
+        return None
+    raw = values[0]
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= _MAX_QUERY_DIGITS):
+        raise ProtocolError(f"{name} must be a decimal integer in 0..2**53-1")
+    value = int(raw)
+    if value > MAX_QUERY_INT:
+        raise ProtocolError(f"{name} must be a decimal integer in 0..2**53-1")
+    return value
 
 
 @attrs.define
@@ -56,6 +116,8 @@ class HttpDeps:
     hasher: PasswordHasher
     authenticate: Authenticator
     ready: Callable[[], Awaitable[dict[str, str]]]
+    #: shared with the WebSocket side: store reads made for clients, fairly per user
+    reads: FairLimiter = attrs.field(factory=client_reads)
 
 
 class HttpApi:
@@ -68,19 +130,18 @@ class HttpApi:
 
     # -- helpers -----------------------------------------------------------------------------
     async def _body(self, request: Request) -> dict[str, Any]:
-        raw = await request.body()
-        if len(raw) > MAX_BODY_BYTES:
-            raise ChatError("request body too large", code=ErrorCode.TOO_LARGE)
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise ProtocolError("request body must be JSON") from None
+        """The JSON object of the body. Its size is bounded before this reads it: Starlette's
+        `max_body_size` stops a streamed body at the limit with 413 (see `build_app`)."""
+        body = loads_json(await request.body())
         if not isinstance(body, dict):
             raise ProtocolError("request body must be a JSON object")
         return body
 
     async def _user(self, request: Request) -> str:
-        header = request.headers.get("authorization")
+        headers = request.headers.getlist("authorization")
+        if len(headers) > 1:
+            raise Unauthorized("more than one Authorization header")
+        header = headers[0] if headers else None
         if not header:
             raise Unauthorized("missing bearer token")
         scheme, _, token = header.partition(" ")
@@ -158,6 +219,9 @@ class HttpApi:
         if not isinstance(private, bool):
             raise ProtocolError("private must be a boolean")
         kind = "private" if private else "public"
+        cap = self.d.config.max_rooms_per_user
+        if await self.d.store.count_user_rooms(user) >= cap:   # the owner becomes a member
+            raise TooLarge(f"{user} is a member of {cap} rooms already (the most allowed); leave one first")
         info = await self.d.store.create_room(name, kind=kind, owner=user, ts=int(time.time() * 1000))
         return _json({"name": info.name, "private": private, "owner": info.owner, "seq": info.last_seq}, 201)
 
@@ -178,48 +242,39 @@ class HttpApi:
         if await self.d.store.get_user(member) is None:
             raise NotFound(f"unknown user {member}")
         await self.d.store.add_grant(room, member)
-        self.d.registry.send_if_active(room, GrantCmd(member))
+        await self.d.registry.notify(room, GrantCmd(member))
         return Response(status_code=204)
 
     async def get_messages(self, request: Request) -> Response:
         user = await self._user(request)
         room = self._room(request)
-        query = request.query_params
-        cursors: dict[str, int | None] = {}
-        for name in ("before", "after", "limit"):
-            raw = query.get(name)
-            if raw is None or raw == "":
-                cursors[name] = None
-                continue
-            if not (raw.isascii() and raw.isdigit()):
-                raise ProtocolError(f"{name} must be a non-negative integer")
-            cursors[name] = int(raw)
-        limit = 50 if cursors["limit"] is None else cursors["limit"]
-        if not 1 <= limit <= 200:  # type: ignore[operator]
+        before, after, limit = (query_int(request, name) for name in ("before", "after", "limit"))
+        if limit is None:
+            limit = 50
+        if not 1 <= limit <= 200:
             raise ProtocolError("limit must be between 1 and 200")
         await self._check_access(room, user)
-        messages, more = await self.d.store.history(
-            room, before=cursors["before"], after=cursors["after"], limit=limit,  # type: ignore[arg-type]
-        )
+        async with self.d.reads.hold(user):
+            messages, more = await self.d.store.history(room, before=before, after=after, limit=limit)
         page = HistoryPage(room=room, messages=tuple(message_from_stored(m) for m in messages), more=more)
         return Response(encode_event(page), media_type="application/json")
 
     async def post_message(self, request: Request) -> Response:
         d = self.d
-        api_key = request.headers.get("x-api-key")
-        if api_key is not None:
-            if d.config.api_key is None or api_key != d.config.api_key:
+        api_keys = request.headers.getlist("x-api-key")
+        if api_keys:
+            # A supplied key decides, whatever bearer token comes with it.
+            if len(api_keys) > 1 or not _key_matches(api_keys[0], d.config.api_key):
                 raise Unauthorized("wrong API key")
             user = "system"
         else:
             user = await self._user(request)
         room = self._room(request)
         body = await self._body(request)
-        wire = {"type": "send", "room": room, "id": body.get("id"), "text": body.get("text")}
-        if body.get("meta") is not None:
-            wire["meta"] = body["meta"]
-        cmd = decode_command(orjson.dumps(wire), self._limits)
-        assert isinstance(cmd, Send)
+        # Validated as the client sent it (no re-encoding), exactly like a WebSocket `send`;
+        # `room` comes from the path. Absent fields stay absent, so they are named as missing.
+        fields = {k: body[k] for k in ("id", "text", "meta") if k in body}
+        cmd = decode_send_fields({**fields, "room": room}, self._limits)
         if user != "system" and not self._rate_ok(user):
             raise RateLimited("rate limit exceeded")
         reply: Reply[PublishResult] = Reply()
@@ -240,9 +295,9 @@ class HttpApi:
         return _json({"status": "ok"})
 
     async def readyz(self, request: Request) -> Response:
-        checks = await self.d.ready()
-        ok = all(v == "ok" for v in checks.values())
-        return _json({"status": "ready" if ok else "unavailable", **checks}, 200 if ok else 503)
+        components = await self.d.ready()
+        status, http_status = readiness(components)
+        return _json({"status": status, **components}, http_status)
 
     async def metrics(self, request: Request) -> Response:
         return Response(self.d.metrics.render(), media_type=CONTENT_TYPE_LATEST)
@@ -252,6 +307,18 @@ class HttpApi:
         return HTMLResponse(page)
 
 
+def _key_matches(supplied: str, configured: str | None) -> bool:
+    """Constant-time comparison of an X-Api-Key header with CHAT_API_KEY (none set: no match).
+
+    On bytes: `hmac.compare_digest` refuses str with non-ASCII characters (TypeError, a 500),
+    and a header can carry any latin-1 byte. Starlette decoded the header as latin-1, so
+    encoding it back gives the bytes as sent; the key is compared as its UTF-8 bytes.
+    """
+    if configured is None:
+        return False
+    return hmac.compare_digest(supplied.encode("latin-1"), configured.encode("utf-8"))
+
+
 def _status_code(status: int) -> ErrorCode:
     for code, value in HTTP_STATUS.items():
         if value == status and code is not ErrorCode.NOT_JOINED:
@@ -259,18 +326,40 @@ def _status_code(status: int) -> ErrorCode:
     return ErrorCode.BAD_REQUEST if status < 500 else ErrorCode.INTERNAL
 
 
-def build_app(deps: HttpDeps) -> Starlette:
+def build_app(deps: HttpDeps) -> ASGIApp:
+    """The ASGI app: the routes in Starlette, wrapped in `RequestGuard` (http_limits).
+
+    `max_body_size` is Starlette's own streamed body limit: a body that passes
+    `max_frame_bytes` raises 413 (an HTTPException, answered as JSON `too_large` below) on
+    the chunk that passes it, whether or not it declared a length; a declared length over
+    it is answered by `RequestGuard` before the route runs.
+    """
     api = HttpApi(deps)
+    # 429 says when to come back: the hasher's estimate, else one publish token's refill time.
+    publish_retry_s = str(max(1, math.ceil(1 / deps.config.rate_per_second)))
+
+    def count(code: ErrorCode) -> None:
+        deps.metrics.errors.labels(code.value).inc()
 
     async def on_chat_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ChatError)
-        deps.metrics.errors.labels(exc.code.value).inc()
-        return error_response(exc.code, exc.message)
+        count(exc.code)
+        headers = None
+        if exc.code is ErrorCode.RATE_LIMITED:
+            headers = {"Retry-After": str(getattr(exc, "retry_after_s", None) or publish_retry_s)}
+        return error_response(exc.code, exc.message, headers)
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         code = _status_code(exc.status_code)
+        count(code)
         return _json({"error": code.value, "message": str(exc.detail)}, exc.status_code)
+
+    async def on_disconnect(request: Request, exc: Exception) -> Response:
+        # The body stopped arriving for CHAT_HANDSHAKE_TIMEOUT (hypercorn's read_timeout
+        # ended the stream) or the client went away: the client's fault, not a 500 with a
+        # traceback. hypercorn closes the connection after this answer, if it goes out at all.
+        return error_response(ErrorCode.BAD_REQUEST, "the request body stopped arriving before it was complete")
 
     async def on_crash(request: Request, exc: Exception) -> Response:
         return error_response(ErrorCode.INTERNAL, "internal error")
@@ -289,7 +378,17 @@ def build_app(deps: HttpDeps) -> Starlette:
         Route("/metrics", api.metrics, methods=["GET"]),
         Route("/", api.index, methods=["GET"]),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
-        exception_handlers={ChatError: on_chat_error, HTTPException: on_http_error, Exception: on_crash},
+        exception_handlers={
+            ChatError: on_chat_error, HTTPException: on_http_error, ClientDisconnect: on_disconnect,
+            Exception: on_crash,
+        },
+        max_body_size=deps.config.max_frame_bytes,
+    )
+    return RequestGuard(
+        app,
+        max_body_bytes=deps.config.max_frame_bytes,
+        drain_timeout_s=deps.config.handshake_timeout_s,
+        on_refused=count,
     )

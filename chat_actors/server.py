@@ -18,17 +18,19 @@ from __future__ import annotations
 
 import logging
 from functools import partial
+from typing import Awaitable, Callable
 
 import attrs
 import hypercorn.config
 import hypercorn.trio
 import trio
 
-from . import __version__
-from .auth import PasswordHasher, TokenIssuer, load_or_create_secret
+from . import __version__, hypercorn_h11
+from .auth import Claims, PasswordHasher, TokenIssuer, load_or_create_secret
 from .config import Config
 from .connection import ConnectionDeps, handle_websocket
-from .errors import ChatError, CloseCode
+from .errors import ChatError, CloseCode, RateLimited
+from .fair import client_reads
 from .http_api import HttpDeps, build_app
 from .identity import Authenticator
 from .metrics import Metrics
@@ -64,13 +66,28 @@ class RunningServer:
 
 
 def _hypercorn_config(config: Config) -> hypercorn.config.Config:
+    """hypercorn settings for the HTTP listener (PROTOCOL section 8).
+
+    Stalls: `read_timeout` bounds every wait for bytes from the client, so headers or a body
+    that stop arriving for `handshake_timeout_s` close the connection; `keep_alive_timeout`
+    bounds the whole wait for a request's headers (it runs from the connection or the last
+    response until the request line and headers are complete), so headers trickled in byte by
+    byte cannot hold a connection either. hypercorn pauses reading while the app is busy with a
+    request, so neither timeout cuts a slow handler short. Headers are capped by
+    `h11_max_incomplete_size` (hypercorn's 16 KiB default). HTTP/1.1 only: `hypercorn_h11`
+    removes the cleartext switches to HTTP/2, `alpn_protocols` the TLS one should TLS ever be
+    configured here.
+    """
+    hypercorn_h11.install()
     hc = hypercorn.config.Config()
     host = f"[{config.http_host}]" if ":" in config.http_host else config.http_host
     hc.bind = [f"{host}:{config.http_port}"]
     hc.accesslog = None
     hc.errorlog = logging.getLogger("chat_actors.http")
     hc.graceful_timeout = config.graceful_timeout_s
-    hc.keep_alive_timeout = 5
+    hc.keep_alive_timeout = min(5.0, config.handshake_timeout_s)
+    hc.read_timeout = config.handshake_timeout_s  # type: ignore[assignment]  # hypercorn takes any number
+    hc.alpn_protocols = ["http/1.1"]
     return hc
 
 
@@ -80,7 +97,7 @@ async def serve(config: Config, *, task_status: trio.TaskStatus[RunningServer] =
         raise ValueError(f"unsupported bus URL {config.bus!r} (this version fans out in-process: local://)")
     secret = load_or_create_secret(config)
     tokens = TokenIssuer(secret, config.token_ttl_s)
-    hasher = PasswordHasher()
+    hasher = PasswordHasher(queue_size=config.auth_queue)
     metrics = Metrics()
     sessions = Sessions()
     stopped: RunningServer | None = None
@@ -90,23 +107,25 @@ async def serve(config: Config, *, task_status: trio.TaskStatus[RunningServer] =
                 registry = Registry(
                     rooms_nursery,
                     RoomDeps(store=store, sessions=sessions, metrics=metrics,
-                             presence_grace_s=config.presence_grace_s, idle_s=config.room_idle_s),
+                             presence_grace_s=config.presence_grace_s, idle_s=config.room_idle_s,
+                             max_rooms_per_user=config.max_rooms_per_user),
                     inbox_size=config.room_inbox_size,
                 )
                 metrics.bind(connections=lambda: len(sessions), registry_stats=registry.statistics)
                 authenticate = Authenticator(tokens, store)
 
                 async def ready() -> dict[str, str]:
-                    try:
-                        with trio.fail_after(2):
-                            await store.ping()
-                        return {"store": "ok", "bus": "ok"}
-                    except (ChatError, trio.TooSlowError, OSError):
-                        return {"store": "unavailable", "bus": "ok"}
+                    """Each component "ok" or "down"; /readyz derives its status from them.
 
+                    The bus is in-process in this version, so it always answers; a networked
+                    bus adds its own probe here.
+                    """
+                    return {"store": await _probe(store.ping), "bus": "ok"}
+
+                reads = client_reads()
                 conn_deps = ConnectionDeps(
                     config=config, registry=registry, store=store, sessions=sessions, metrics=metrics,
-                    authenticate=authenticate, server_name=f"chat-actors/{__version__}",
+                    authenticate=authenticate, server_name=f"chat-actors/{__version__}", reads=reads,
                 )
                 ws_server = WsServer(
                     partial(handle_websocket, deps=conn_deps),
@@ -116,11 +135,11 @@ async def serve(config: Config, *, task_status: trio.TaskStatus[RunningServer] =
                         heartbeat_s=config.heartbeat_s, handshake_timeout_s=config.handshake_timeout_s,
                         allowed_origins=config.allowed_origins,
                     ),
-                    authenticate=authenticate,
+                    authenticate=partial(_admit_upgrade, authenticate, sessions, config.max_connections_per_user),
                 )
                 app = build_app(HttpDeps(
                     config=config, store=store, registry=registry, metrics=metrics, tokens=tokens,
-                    hasher=hasher, authenticate=authenticate, ready=ready,
+                    hasher=hasher, authenticate=authenticate, ready=ready, reads=reads,
                 ))
                 http_stop = trio.Event()
                 ws_scope = trio.CancelScope()
@@ -156,6 +175,31 @@ async def serve(config: Config, *, task_status: trio.TaskStatus[RunningServer] =
     finally:
         if stopped is not None:
             stopped._stopped.set()
+
+
+async def _admit_upgrade(authenticate: Authenticator, sessions: Sessions, cap: int, token: str) -> Claims:
+    """The upgrade's token check, plus the per-user connection cap: 429 instead of a 101."""
+    claims = await authenticate(token)
+    if sessions.count(claims.user) >= cap:
+        raise RateLimited(f"{claims.user} has {cap} connections open already (the most allowed)")
+    return claims
+
+
+#: how long a readiness probe may take before its component counts as down
+READY_PROBE_TIMEOUT_S = 2.0
+
+
+async def _probe(ping: Callable[[], Awaitable[None]]) -> str:
+    """The component's state: "ok" if `ping` answers within READY_PROBE_TIMEOUT_S, else "down".
+
+    A failing or hanging backend is an answer here, not an error: /readyz must not 500.
+    """
+    try:
+        with trio.fail_after(READY_PROBE_TIMEOUT_S):
+            await ping()
+    except (ChatError, trio.TooSlowError, OSError):
+        return "down"
+    return "ok"
 
 
 def _url_host(host: str) -> str:

@@ -7,17 +7,20 @@ import json
 import logging
 import os
 import stat
+import threading
 import time
 
 import jwt
 import pytest
 import trio
+import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chat_actors.auth import (
     USERNAME_RE,
     Claims,
+    HasherBusy,
     PasswordHasher,
     TokenIssuer,
     is_valid_username,
@@ -121,6 +124,111 @@ async def test_cancelled_before_start_raises_cancelled():
         scope.cancel()
         await hasher.hash("password123")
     assert scope.cancelled_caught
+
+
+# --- the hasher's queue bound (CHAT_AUTH_QUEUE) ---------------------------------------
+
+
+async def test_queue_admits_queue_size_calls_and_refuses_the_rest_at_once():
+    """10 calls start together: `queue_size` are admitted (hashing or waiting for a thread),
+    the others are refused before any hash runs, with a Retry-After estimate of >= 1 s."""
+    hasher = PasswordHasher(
+        time_cost=1, memory_cost_kib=1024, parallelism=1, max_concurrent=1, queue_size=3
+    )
+    outcomes: list[object] = []
+
+    async def one(i: int) -> None:
+        try:
+            outcomes.append(await hasher.verify(None, f"password-{i}"))
+        except HasherBusy as exc:
+            assert exc.code is ErrorCode.RATE_LIMITED
+            outcomes.append(exc.retry_after_s)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(10):
+            nursery.start_soon(one, i)
+    assert outcomes.count(False) == 3  # the admitted ones ran (and failed to match)
+    refused = [o for o in outcomes if o is not False]
+    assert len(refused) == 7
+    assert all(type(r) is int and r >= 1 for r in refused), refused
+    assert hasher.admitted == 0
+    assert await hasher.verify(await hasher.hash("password123"), "password123")
+
+
+async def test_hash_and_verify_share_the_queue():
+    hasher = PasswordHasher(
+        time_cost=1, memory_cost_kib=1024, parallelism=1, max_concurrent=2, queue_size=2
+    )
+    encoded = await hasher.hash("password123")
+    results: list[str] = []
+
+    async def hash_one() -> None:
+        try:
+            await hasher.hash("password123")
+            results.append("hashed")
+        except HasherBusy:
+            results.append("busy")
+
+    async def verify_one() -> None:
+        try:
+            await hasher.verify(encoded, "password123")
+            results.append("verified")
+        except HasherBusy:
+            results.append("busy")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hash_one)
+        nursery.start_soon(verify_one)
+        nursery.start_soon(hash_one)
+        nursery.start_soon(verify_one)
+    assert results.count("busy") == 2
+
+
+class _BlockingArgon:
+    """Stands in for argon2 so a hash stays "running" until the test says (no timing)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def hash(self, password: str) -> str:
+        assert self.release.wait(30)
+        return "$argon2id$stand-in"
+
+
+async def test_cancelled_calls_free_their_place_in_the_queue():
+    hasher = PasswordHasher(max_concurrent=1, queue_size=2)
+    blocking = hasher._hasher = _BlockingArgon()  # type: ignore[assignment]
+    async with trio.open_nursery() as nursery:
+        for i in range(2):  # one hashing in its thread, one waiting for the limiter
+            nursery.start_soon(hasher.hash, f"password-{i}")
+        await trio.testing.wait_all_tasks_blocked()
+        assert hasher.admitted == 2
+        with pytest.raises(HasherBusy) as info:
+            await hasher.hash("one-too-many")
+        assert info.value.retry_after_s >= 1
+        nursery.cancel_scope.cancel()  # the waiter leaves at once, the running hash when done
+        blocking.release.set()
+    assert hasher.admitted == 0
+    assert await hasher.hash("password123") == "$argon2id$stand-in"
+
+
+async def test_calls_needing_no_hash_are_never_refused():
+    hasher = PasswordHasher(max_concurrent=1, queue_size=1)
+    blocking = hasher._hasher = _BlockingArgon()  # type: ignore[assignment]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hasher.hash, "password-x")
+        await trio.testing.wait_all_tasks_blocked()
+        assert hasher.admitted == 1
+        assert await hasher.verify("$argon2id$x", "x" * 10_000) is False  # over-long: no hash
+        assert await hasher.verify("$argon2id$x", "\ud800") is False  # not text: no hash
+        blocking.release.set()
+
+
+def test_queue_parameters_must_be_positive():
+    with pytest.raises(ValueError):
+        PasswordHasher(queue_size=0)
+    with pytest.raises(ValueError):
+        PasswordHasher(max_concurrent=0)
 
 
 # --- usernames and passwords -------------------------------------------------------------
@@ -343,6 +451,60 @@ def test_bad_claim_types_are_rejected():
     assert_rejected(
         jwt.encode(valid_payload(sub="a b"), SECRET, algorithm="HS256"), "subject"
     )
+
+
+def signed_raw(payload_json: str, secret: str = SECRET) -> str:
+    """An HS256 token whose payload is exactly `payload_json` (numbers pyjwt could not write)."""
+    import hashlib
+    import hmac
+
+    header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64(payload_json.encode())
+    sig = b64(hmac.new(secret.encode(), f"{header}.{body}".encode(), hashlib.sha256).digest())
+    return f"{header}.{body}.{sig}"
+
+
+FAR = now_s() + 3600
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        f'"exp":{10**400},"iat":{now_s()}',
+        f'"exp":{"9" * 5000},"iat":{now_s()}',
+        f'"exp":1e400,"iat":{now_s()}',
+        f'"exp":{2**53},"iat":{now_s()}',
+        f'"exp":"{FAR}","iat":{now_s()}',
+        f'"exp":{FAR}.0,"iat":{now_s()}',
+        f'"exp":{FAR}.5,"iat":{now_s()}',
+        f'"exp":true,"iat":{now_s()}',
+        f'"exp":{FAR},"iat":"{now_s()}"',
+        f'"exp":{FAR},"iat":{now_s()}.5',
+        f'"exp":{FAR},"iat":{-(2**53)}',
+        f'"exp":{FAR},"iat":{10**400}',
+        f'"exp":{FAR},"iat":{now_s()},"nbf":"0"',
+        f'"exp":{FAR},"iat":{now_s()},"nbf":1.5',
+        f'"exp":{FAR},"iat":{now_s()},"nbf":{-(10**400)}',
+        f'"exp":{FAR},"iat":{now_s()},"nbf":false',
+        f'"exp":{FAR},"iat":{now_s()},"nbf":null',
+    ],
+    ids=[
+        "exp-10^400", "exp-5000-digits", "exp-1e400", "exp-2^53", "exp-string", "exp-float",
+        "exp-fraction", "exp-bool", "iat-string", "iat-fraction", "iat-minus-2^53", "iat-10^400",
+        "nbf-string", "nbf-fraction", "nbf-minus-10^400", "nbf-bool", "nbf-null",
+    ],
+)
+def test_time_claims_must_be_safe_json_integers(claims):
+    """PROTOCOL section 2: an exp, nbf or iat that is not a JSON integer within +-(2**53-1)."""
+    assert_rejected(signed_raw('{"sub":"alice",%s}' % claims), "")  # refused, whatever the wording
+
+
+def test_time_claims_at_the_edge_of_the_range_are_accepted():
+    issuer = TokenIssuer(SECRET, 3600)
+    claims = issuer.decode(signed_raw(
+        '{"sub":"alice","exp":%d,"iat":%d,"nbf":%d}' % (2**53 - 1, -(2**53 - 1), now_s() - 5)
+    ))
+    assert claims == Claims(user="alice", exp_ms=(2**53 - 1) * 1000)
 
 
 @settings(max_examples=300, deadline=None)

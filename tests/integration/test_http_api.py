@@ -445,6 +445,7 @@ async def test_readyz(server):
     async with http(server.http_url) as h:
         r = await h.get("/readyz")
     assert r.status_code == 200
+    assert r.json() == {"status": "ok", "store": "ok", "bus": "ok"}
 
 
 METRIC_FAMILIES = {
