@@ -35,6 +35,7 @@ from .ws_handshake import (
     Authenticate,
     Handshake,
     accept_forever,
+    hung_up,
     open_listener,
     perform_handshake,
 )
@@ -110,7 +111,8 @@ class WebSocket:
     __slots__ = ("_backlog", "_backlog_bytes", "_close_at", "_close_code", "_close_deadline",
                  "_close_queued", "_close_reason", "_closed",
                  "_half", "_last_rx", "_limit", "_low_water", "_next_ping", "_nursery", "_open",
-                 "_partial", "_peer_eof", "_rx_blocked", "_rx_failed", "_rx", "_rx_parts", "_rx_pending", "_slow",
+                 "_partial", "_peer_eof", "_rx_blocked", "_rx_failed", "_rx", "_rx_parts", "_rx_pending",
+                 "_rx_watching", "_slow",
                  "_rx_size", "_scheduled_close", "_settings", "_shut_wr", "_sock",
                  "_trailing", "_writing", "_ws", "handshake", "id")
 
@@ -138,6 +140,7 @@ class WebSocket:
         self._rx: Mailbox[str | bytes] = Mailbox(_INBOX_SIZE)
         self._rx_failed = False              # wsproto reported a protocol error: parser is dead
         self._rx_blocked = False             # the reader waits for the handler, not the peer
+        self._rx_watching = False            # the reader waits for input: the kernel wakes it on RST
         self._rx_parts: list = []            # fragments of the message being received
         self._rx_size = 0
         self._rx_pending = b""               # the start of a frame cut by the end of a read
@@ -371,14 +374,23 @@ class WebSocket:
                 self._abort()
 
     def _abort(self) -> None:
-        """Drop the TCP connection now (peer gone, socket error, timeout)."""
+        """Drop the TCP connection now (peer gone, socket error, timeout) and end the session.
+
+        Nothing the peer sent can be answered any more, so unread inbound is discarded and
+        the connection's nursery is cancelled: the handler stops wherever it waits (a room's
+        reply, a full room inbox, the store, send_paced), not only in receive(), and runs its
+        `finally` blocks (shield what must still happen there).
+        """
         if self._close_code is None:
             self._close_code = 1006
         self._open = False
         self._backlog.clear()
         self._backlog_bytes = 0
+        self._rx.close_receive()
         self._finish()
         self._notify_low_water()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
 
     def _finish(self) -> None:
         """Tear the TCP connection down (the close handshake is over, or it was abandoned).
@@ -410,9 +422,7 @@ class WebSocket:
                         return          # the feed finished the close handshake (_finish)
                     if len(data) < _RECV_SIZE:      # most likely drained: wait, skip a failing recv
                         data = b""
-                        try:
-                            await trio.lowlevel.wait_readable(sock)
-                        except trio.ClosedResourceError:
+                        if not await self._wait_readable():
                             return      # torn down (_finish)
                     else:
                         await trio.lowlevel.checkpoint()
@@ -420,9 +430,7 @@ class WebSocket:
                     data = sock.recv(_RECV_SIZE)
                 except BlockingIOError:
                     data = b""
-                    try:
-                        await trio.lowlevel.wait_readable(sock)
-                    except trio.ClosedResourceError:
+                    if not await self._wait_readable():
                         return          # torn down (_finish)
                     continue
                 except OSError:
@@ -437,6 +445,23 @@ class WebSocket:
                     return
         finally:
             self._rx.close_send()
+
+    async def _wait_readable(self) -> bool:
+        """Wait for input; False once the socket is torn down.
+
+        While the reader waits here, a reset wakes it (recv fails: _abort). Anywhere else --
+        waiting for the handler, or working through input that arrived before the reset
+        (Linux keeps it readable and reports ECONNRESET only after it) -- the sweep asks the
+        kernel instead (`hung_up`).
+        """
+        self._rx_watching = True
+        try:
+            await trio.lowlevel.wait_readable(self._sock)
+        except trio.ClosedResourceError:
+            return False
+        finally:
+            self._rx_watching = False
+        return True
 
     async def _feed(self, data: bytes) -> None:
         if self._rx_failed or self._ws.state is _CLOSED:
@@ -486,9 +511,11 @@ class WebSocket:
 
         Chat clients send little else, and wsproto's pure-Python parser costs several times
         more per small frame. At the first frame of any other kind (close, binary,
-        continuation, RSV bits, unmasked, over max_frame_bytes, invalid UTF-8) the rest goes
-        to wsproto, and so does everything after it on this connection: wsproto sees
-        complete frames in order, and the text frames it did not see leave no state in it.
+        continuation, RSV bits, unmasked, a 64-bit or non-minimal 16-bit length, a control
+        frame over 125 bytes, over max_frame_bytes, invalid UTF-8) the rest goes to wsproto,
+        and so does everything after it on this connection: wsproto sees complete frames in
+        order, the text frames it did not see leave no state in it, and whatever it refuses
+        is answered by wsproto (1002, 1007), never accepted here.
         A frame cut by the end of a read waits for the next one.
         """
         if self._rx_pending:
@@ -505,6 +532,9 @@ class WebSocket:
                 if end_all - pos < 4:
                     break
                 length = (data[pos + 2] << 8) | data[pos + 3]
+                if length < 126:        # not the minimal encoding: wsproto answers it (1002)
+                    self._slow = True
+                    return data[pos:]
                 head = pos + 4
             if not b1 & 0x80 or length == 127 or (
                     length > limit if b0 == 0x81 else (b0 != 0x89 and b0 != 0x8A) or length > 125):
@@ -659,14 +689,25 @@ class WsServer:
             listener.close()
 
     async def _sweep(self) -> None:
-        """One timer task for every connection: heartbeats, idle closes and close_at deadlines."""
+        """One timer task for every connection: heartbeats, idle closes, close_at deadlines,
+        and peers that reset while their reader was not waiting on the socket."""
         heartbeat = self._settings.heartbeat_s
         period = min(0.5, heartbeat / 2) if heartbeat > 0 else 0.5
         while True:
             await trio.sleep(period)
-            now = trio.current_time()
-            for ws in self._all:
-                ws._tick(now)
+            self._sweep_once(trio.current_time())
+
+    def _sweep_once(self, now: float) -> None:
+        """A function of its own, so no connection stays referenced between sweeps."""
+        unwatched = []
+        for ws in self._all:
+            ws._tick(now)
+            if not ws._rx_watching and not ws._closed.is_set():
+                unwatched.append(ws)
+        if unwatched:                   # one poll(2) for all of them, nothing read
+            for index in hung_up([ws._sock for ws in unwatched]):
+                log.debug("ws %s: peer reset, dropping it", unwatched[index].id)
+                unwatched[index]._abort()
 
     def stop_accepting(self) -> None:
         """Close the listening socket; open connections carry on."""

@@ -1,8 +1,11 @@
-"""The listening socket and the HTTP/1.1 upgrade in front of every WebSocket connection.
+"""The listening socket and the HTTP/1.1 upgrade in front of every WebSocket connection,
+and `hung_up`, the TCP-level probe for peers that reset.
 
-Why a module of its own: accepting sockets and refusing an upgrade (404 path, 403 origin,
-401 token, 431 request too large) is plain TCP and HTTP with a JSON body, while everything
-after the 101 is framing. Keeping the two apart keeps transport.py about the hot path.
+Why a module of its own: accepting sockets and refusing an upgrade (404 path, 400 malformed
+upgrade or Sec-WebSocket-Key, 403 origin, 401 token or ambiguous credentials, 431 request too
+large) is plain TCP and HTTP with a JSON body, while everything after the 101 is framing.
+The checks run in that order (431 while reading the request). Keeping the two apart keeps
+transport.py about the hot path.
 
 The request is read with our own `h11` connection so we control the size limit and keep the
 bytes that arrive after the request; wsproto then validates the upgrade from the parsed
@@ -13,10 +16,13 @@ applies to the payload as received (PROTOCOL section 3).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
+import select
 import socket
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import MappingProxyType
 from urllib.parse import parse_qsl, urlsplit
 
@@ -36,6 +42,8 @@ log = logging.getLogger(__name__)
 Authenticate = Callable[[str], Awaitable[object]]
 
 _RECV_CHUNK = 4096
+# what Linux reports once the peer sent RST (Windows has no poll(2): there only recv tells)
+_HANGUP = getattr(select, "POLLERR", 0) | getattr(select, "POLLHUP", 0)
 _REASONS = {400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found",
             405: b"Method Not Allowed", 431: b"Request Header Fields Too Large",
             500: b"Internal Server Error", 503: b"Service Unavailable"}
@@ -154,26 +162,77 @@ async def accept_forever(listener: socket.socket, spawn: Callable[[socket.socket
         await trio.lowlevel.checkpoint()
 
 
-def _parse_query(query: str) -> Mapping[str, str]:
+def hung_up(sockets: Sequence[socket.socket]) -> list[int]:
+    """Indexes of the sockets whose peer reset TCP (or that are closed both ways).
+
+    One poll(2) for all of them, reading nothing. After an RST Linux reports POLLERR (the
+    pending ECONNRESET) and POLLHUP, while the data that came before the reset stays
+    readable and recv() reports the reset only after it, so a busy reader learns of it late.
+    A peer that only half-closed (POLLRDHUP alone) is not listed: its input is still to read.
+    """
+    if not _HANGUP:
+        return []
+    poller = select.poll()
+    index: dict[int, int] = {}
+    for i, sock in enumerate(sockets):
+        fd = sock.fileno()
+        if fd >= 0:
+            poller.register(fd, _HANGUP)
+            index[fd] = i
+    return [index[fd] for fd, events in poller.poll(0) if events & _HANGUP]
+
+
+def _parse_query(pairs: list[tuple[str, str]]) -> Mapping[str, str]:
+    """The handler's view of the query: the first value of each name (`token` is checked
+    for duplicates separately, in _token_from)."""
     values: dict[str, str] = {}
-    for key, value in parse_qsl(query, keep_blank_values=True):
+    for key, value in pairs:
         values.setdefault(key, value)
     return MappingProxyType(values)
 
 
-def _token_from(headers: list[tuple[bytes, bytes]], query: Mapping[str, str]) -> str | None:
-    """`Authorization: Bearer <t>` wins; any other Authorization value is refused outright."""
-    for name, value in headers:
-        if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").strip().partition(" ")
-            token = token.strip()
-            if scheme.lower() != "bearer" or not token:
-                raise Refused(401, "Authorization must be 'Bearer <token>'")
-            return token
-    token = query.get("token")
-    if token is not None and not token:
+def _token_from(headers: list[tuple[bytes, bytes]], pairs: list[tuple[str, str]]) -> str | None:
+    """`Authorization: Bearer <t>` wins over `?token=`; anything ambiguous is refused.
+
+    Two Authorization headers or two `token` parameters are refused rather than resolved:
+    a proxy or log that reads the other one would see a different user than we
+    authenticate (PROTOCOL section 2). Any Authorization value other than a non-empty
+    Bearer token is refused outright, even next to a valid `?token=`.
+    """
+    values = [value for name, value in headers if name == b"authorization"]
+    if len(values) > 1:
+        raise Refused(401, "more than one Authorization header")
+    tokens = [value for key, value in pairs if key == "token"]
+    if len(tokens) > 1:
+        raise Refused(401, "more than one token parameter")
+    if values:
+        scheme, _, token = values[0].decode("latin-1").strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise Refused(401, "Authorization must be 'Bearer <token>'")
+        return token
+    if not tokens:
+        return None
+    if not tokens[0]:
         raise Refused(401, "empty token")
-    return token
+    return tokens[0]
+
+
+def _check_key(headers: list[tuple[bytes, bytes]]) -> None:
+    """Exactly one Sec-WebSocket-Key, the canonical base64 form of 16 bytes (RFC 6455 4.2.1).
+
+    wsproto only checks that the header exists, and with two of them answers for one of
+    them: both are a malformed upgrade, 400.
+    """
+    keys = [value for name, value in headers if name == b"sec-websocket-key"]
+    if len(keys) != 1:
+        raise Refused(400, "exactly one Sec-WebSocket-Key is required")
+    try:
+        raw = base64.b64decode(keys[0], validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 16 or base64.b64encode(raw) != keys[0]:
+        raise Refused(400, "Sec-WebSocket-Key must be the base64 form of 16 bytes")
 
 
 async def _read_request(sock: socket.socket, http: h11.Connection, max_request_bytes: int) -> h11.Request:
@@ -238,7 +297,8 @@ async def perform_handshake(
         return None
     target = request.target.decode("latin-1")
     parts = urlsplit(target)
-    query = _parse_query(parts.query)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    query = _parse_query(pairs)
     try:
         if parts.path != path:
             raise Refused(404, f"no WebSocket endpoint at {parts.path}")
@@ -247,10 +307,11 @@ async def perform_handshake(
             status = hint.status_code if isinstance(hint, RejectConnection) else 400
             extra = tuple(hint.headers) if isinstance(hint, RejectConnection) else ()
             raise Refused(status, str(invalid), extra)
+        _check_key(headers)
         origin = next((v.decode("latin-1") for n, v in headers if n == b"origin"), None)
         if origin is not None and allowed_origins and origin not in allowed_origins:
             raise Refused(403, "origin not allowed")
-        token = _token_from(headers, query)
+        token = _token_from(headers, pairs)
         principal = await _authenticate(authenticate, token)
     except Refused as refused:
         await _refuse_ws(sock, ws, refused, linger_s)

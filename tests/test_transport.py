@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socket
 import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -54,6 +55,7 @@ class Harness:
         self.port = 0
         self._accepted_send, self.accepted = trio.open_memory_channel[WebSocket](100)
         self.closed_codes: dict[str, int | None] = {}
+        self.ended: set[str] = set()            # handlers of mode=stuck that have finished
 
     @property
     def url(self) -> str:
@@ -69,6 +71,11 @@ class Harness:
         if mode == "hold":
             await ws.wait_closed()
             return
+        if mode == "stuck":                     # waits for something that is not the socket
+            try:
+                await trio.sleep_forever()
+            finally:
+                self.ended.add(ws.id)
         try:
             while True:
                 message = await ws.receive()
@@ -175,6 +182,12 @@ class RawClient:
         while await self._fill():
             self.buffer.clear()
 
+    def reset(self) -> None:
+        """Close with SO_LINGER 0: the kernel sends RST instead of FIN."""
+        sock = self.stream.socket
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+
 
 def close_code_of(exc: trio_websocket.ConnectionClosed) -> int:
     return exc.reason.code
@@ -226,6 +239,15 @@ async def test_disallowed_origin_is_403_and_allowed_or_absent_origin_accepted() 
     ("/ws?token=good", [(b"Authorization", b"Basic Z29vZA==")]),
     ("/ws?token=good", [(b"Authorization", b"Bearer")]),
     ("/ws?token=good", [(b"Authorization", b"")]),
+    ("/ws?token=good", [(b"Authorization", b"Bearer nope")]),    # a bad header is never skipped
+    # ambiguous credentials: whoever reads the other one would see another user
+    ("/ws", [(b"Authorization", b"Bearer good"), (b"Authorization", b"Bearer nope")]),
+    ("/ws", [(b"Authorization", b"Bearer good"), (b"Authorization", b"Bearer good")]),
+    ("/ws?token=good&token=nope", []),
+    ("/ws?token=good&token=good", []),
+    ("/ws?token=nope&token=good", []),
+    ("/ws?token=good&%74oken=nope", []),                        # the same name, percent-encoded
+    ("/ws?token=good&token=nope", [(b"Authorization", b"Bearer good")]),
 ])
 async def test_bad_token_or_non_bearer_authorization_is_401(target: str, headers: list) -> None:
     async with serving(authenticate=authenticate) as harness:
@@ -311,6 +333,16 @@ async def test_oversized_upgrade_request_is_refused() -> None:
     (b"GET /ws HTTP/1.1\r\nHost: \xff\xfe\r\n" + UPGRADE_HEADERS + b"13\r\n\r\n", b"400"),
     (b"GET /ws?x=\xc3\xa9 HTTP/1.1\r\nHost: x\r\n" + UPGRADE_HEADERS + b"13\r\n\r\n", b"400"),
     (b"GET /ws HTTP/1.1\r\nHost: x\r\n" + UPGRADE_HEADERS + b"8\r\n\r\n", b"426"),
+    # Sec-WebSocket-Key must be the base64 form of 16 bytes (RFC 6455 4.2.1)
+    *[(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+       b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n", b"400")
+      for key in (b"x", b"not base64 at all!!!!!==", base64.b64encode(b"15 bytes only..")[:-1],
+                  base64.b64encode(b"17 bytes, one more"), base64.b64encode(os.urandom(16)).rstrip(b"="),
+                  b"dGhlIHNhbXBsZSBub25jZR==",          # 16 bytes, but not their canonical form
+                  base64.b64encode(os.urandom(16)) + b"\r\nSec-WebSocket-Key: " + base64.b64encode(os.urandom(16)))],
+    # the path is checked first: a bad key on another path is still 404
+    (b"GET /nope HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+     b"Sec-WebSocket-Key: x\r\nSec-WebSocket-Version: 13\r\n\r\n", b"404"),
 ])
 async def test_malformed_upgrades_get_an_http_error(request_bytes: bytes, status: bytes) -> None:
     async with serving() as harness:
@@ -411,13 +443,21 @@ async def test_invalid_utf8_closes_1007() -> None:
     bytes([0xC1, 0x80, 0, 0, 0, 0]),        # RSV1 without an extension
     bytes([0x81, 0x02]) + b"hi",            # unmasked client frame
     bytes([0x80, 0x80, 0, 0, 0, 0]),        # continuation without a start
+    # lengths in more bytes than needed: wsproto refuses them, so the fast path must too
+    bytes([0x81, 0x80 | 126, 0, 2, 0, 0, 0, 0]) + b"hi",
+    bytes([0x81, 0x80 | 126, 0, 125, 0, 0, 0, 0]) + b"h" * 125,
+    bytes([0x81, 0x80 | 127, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0]) + b"hi",
+    bytes([0x89, 0x80 | 126, 0, 2, 0, 0, 0, 0]) + b"hi",     # a control frame never has one
+    bytes([0x09, 0x82, 0, 0, 0, 0]) + b"hi",                  # fragmented ping
+    bytes([0xA1, 0x82, 0, 0, 0, 0]) + b"hi",                  # RSV2 on a text frame
+    bytes([0x99, 0x82, 0, 0, 0, 0]) + b"hi",                  # RSV1 on a ping
 ])
 async def test_protocol_violation_closes_1002(frame: bytes) -> None:
     async with serving() as harness:
         client, _, _ = await RawClient.connect(harness.port)
         await client.stream.send_all(frame)
-        assert await client.read_close_code() == 1002
         with trio.fail_after(10):
+            assert await client.read_close_code() == 1002
             await client.wait_eof()
 
 
@@ -445,6 +485,54 @@ async def test_handler_return_closes_1000_and_exception_closes_1011(caplog: pyte
                     await ws.get_message()
                 assert close_code_of(info.value) == code
     assert "handler failed" in caplog.text
+
+
+async def test_non_minimal_length_after_fast_frames_still_closes_1002() -> None:
+    """The fast path hands the frame to wsproto in the middle of a read, after frames it took."""
+    async with serving() as harness:
+        client, _, _ = await RawClient.connect(harness.port)
+        bad = bytes([0x81, 0x80 | 126, 0, 2, 0, 0, 0, 0]) + b"hi"
+        await client.stream.send_all(client_frame(0x1, b"one") + client_frame(0x1, b"two") + bad)
+        with trio.fail_after(10):
+            assert await client.read_close_code() == 1002   # echoes, if any, come before it
+
+
+# --- peers that vanish ---------------------------------------------------------------------
+
+async def test_reset_ends_the_handler_whatever_it_waits_for() -> None:
+    """A peer's RST ends the session even while the handler waits for something other than
+    the socket, and even while the reader waits for the handler (a full mailbox), so that
+    nobody reads the socket: the sweep sees that reset. Heartbeat and close timeout are far
+    off, so neither can be what ends them."""
+    settings = TransportSettings(heartbeat_s=60.0, close_timeout_s=60.0)
+    async with serving(settings) as harness:
+        idle, _, _ = await RawClient.connect(harness.port, "/ws?mode=stuck")
+        idle_ws = await harness.accepted.receive()
+        blocked, _, _ = await RawClient.connect(harness.port, "/ws?mode=stuck")
+        blocked_ws = await harness.accepted.receive()
+        await blocked.stream.send_all(b"".join(client_frame(0x1, b"m%d" % i) for i in range(40)))
+        await trio.testing.wait_all_tasks_blocked()          # the reader holds what it read
+        idle.reset()
+        blocked.reset()
+        with trio.fail_after(10):                            # the requirement is one sweep (<= 0.5 s)
+            while harness.ended != {idle_ws.id, blocked_ws.id}:
+                await trio.sleep(0.05)
+            await idle_ws.wait_closed()
+            await blocked_ws.wait_closed()
+        assert idle_ws.close_code == blocked_ws.close_code == 1006
+        assert harness.server.connections == frozenset()
+
+
+async def test_reset_during_the_close_handshake_drops_at_once() -> None:
+    settings = TransportSettings(heartbeat_s=60.0, close_timeout_s=60.0)
+    async with serving(settings) as harness:
+        client, _, _ = await RawClient.connect(harness.port, "/ws?mode=hold")
+        ws = await harness.accepted.receive()
+        ws.close(4000, "bye")                                # the client never answers it
+        assert (await client.read_frame())[0] == 0x8
+        client.reset()
+        with trio.fail_after(10):
+            await ws.wait_closed()
 
 
 # --- heartbeat -----------------------------------------------------------------------------
