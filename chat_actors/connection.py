@@ -340,8 +340,10 @@ class Connection:
         elif isinstance(cmd, Join):
             await self._join(cmd)
         elif isinstance(cmd, Leave):
-            self.rooms.discard(cmd.room)
+            # forget the room only once the actor has the leave: cancelled before that (the
+            # peer reset), _announce_disconnect must still tell it
             await registry.send(cmd.room, LeaveCmd(self, cmd.ref))
+            self.rooms.discard(cmd.room)
         elif isinstance(cmd, Dm):
             if cmd.to == self.user:
                 raise ProtocolError("cannot send a direct message to yourself")
