@@ -6,16 +6,17 @@ Room actors call ``commit`` once per drained inbox (the hot path) and everything
 so the contract is shaped around that: one call, one transaction, results aligned with the
 input, and failures that say plainly whether anything was kept (it never is on error).
 
-Backends: ``memory://`` (``MemoryStore``, tests) and ``sqlite:///rel/path.db`` /
-``sqlite:////abs/path.db`` (``SqliteStore``, the embedded default). Every backend runs the
-conformance suite in ``tests/store``.
+Backends: ``memory://`` (``MemoryStore``, tests), ``sqlite:///rel/path.db`` /
+``sqlite:////abs/path.db`` (``SqliteStore``, the embedded default) and
+``postgresql://user@host/db`` (``PostgresStore``, the cluster store; ``postgres://`` too).
+``open_store`` only dispatches on the scheme; each backend module parses its own URL in
+``open_from_url``. Every backend runs the conformance suite in ``tests/store``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import urllib.parse
+import importlib
 from collections.abc import AsyncIterator, Mapping
 from typing import Literal, Protocol, runtime_checkable
 
@@ -293,45 +294,35 @@ class Store(Protocol):
         ...
 
 
-def parse_sqlite_url(url: str) -> tuple[str, dict[str, str]]:
-    """``sqlite:///rel.db`` -> ``rel.db`` (relative to cwd), ``sqlite:////abs.db`` -> ``/abs.db``.
-
-    Query parameters (``?synchronous=full&readers=8``) are returned as options.
-    """
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme != "sqlite":
-        raise ValueError(f"not a sqlite URL: {url!r}")
-    if parts.netloc:
-        raise ValueError(f"sqlite URLs have no host (use sqlite:///rel.db or sqlite:////abs.db): {url!r}")
-    if not parts.path.startswith("/") or len(parts.path) < 2:
-        raise ValueError(f"sqlite URL needs a file path: {url!r}")
-    path = urllib.parse.unquote(parts.path[1:])
-    if path == ":memory:":
-        raise ValueError("sqlite :memory: is per connection; use memory:// for an in-memory store")
-    options = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
-    return path, options
+#: URL scheme -> the backend module; each has ``async def open_from_url(url) -> Store`` and
+#: is imported only when used (psycopg is not loaded for a SQLite server, for instance).
+_BACKENDS: dict[str, str] = {
+    "memory": "chat_actors.store.memory",
+    "sqlite": "chat_actors.store.sqlite",
+    "postgresql": "chat_actors.store.postgres",
+    "postgres": "chat_actors.store.postgres",
+}
 
 
 async def _connect(url: str) -> Store:
-    scheme = url.split(":", 1)[0].lower()
-    if scheme == "memory":
-        from chat_actors.store.memory import MemoryStore
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    module_name = _BACKENDS.get(scheme)
+    if module_name is None:
+        raise ValueError(
+            f"unsupported store URL scheme {scheme or url!r} "
+            "(expected memory://, sqlite:///path or postgresql://host/db)"
+        )
+    backend = importlib.import_module(module_name)
+    return await backend.open_from_url(url)
 
-        return MemoryStore()
-    if scheme == "sqlite":
-        from chat_actors.store.sqlite import SqliteStore
 
-        path, options = parse_sqlite_url(url)
-        kwargs: dict[str, object] = {}
-        for key, value in options.items():
-            if key == "synchronous":
-                kwargs["synchronous"] = value
-            elif key == "readers":
-                kwargs["readers"] = int(value)
-            else:
-                raise ValueError(f"unknown sqlite store option {key!r} in {url!r}")
-        return await SqliteStore.open(os.path.abspath(path), **kwargs)  # type: ignore[arg-type]
-    raise ValueError(f"unsupported store URL {url!r} (expected memory:// or sqlite:///path)")
+def __getattr__(name: str) -> object:
+    """``parse_sqlite_url`` lives in the SQLite backend; imported from here on first use."""
+    if name == "parse_sqlite_url":
+        from chat_actors.store.sqlite import parse_sqlite_url
+
+        return parse_sqlite_url
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @contextlib.asynccontextmanager
@@ -339,7 +330,7 @@ async def open_store(url: str) -> AsyncIterator[Store]:
     """Open the store named by ``url`` and close it on exit (after in-flight writes finish).
 
     Raises ValueError for a malformed URL and errors.Unavailable when the backend cannot be
-    opened (unreadable file, newer schema than this code knows, ...).
+    opened (unreadable file, unreachable server, newer schema than this code knows, ...).
     """
     store = await _connect(url)
     try:

@@ -15,12 +15,17 @@ it. Once taken into a group it is written: a cancelled caller sees ``Cancelled``
 outcome is dropped, which costs an ack, never data (clients retry with the same id and
 deduplication answers the original ack). A group is never abandoned half way: the leader
 runs shielded, and a caller promoted to lead still leads before its cancellation goes on.
+
+A backend that can bound and interrupt its own calls (PostgreSQL: a deadline per call and a
+cancel request) passes ``arun_group``, an async function awaited in that same shield, instead
+of a blocking ``run_group`` for a worker thread; it must bound itself, since its callers'
+cancellation cannot reach it.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 import trio
@@ -67,15 +72,20 @@ class GroupCommitter(Generic[T, R]):
     order: a result, or the exception that item's caller should see. It should not raise;
     if it does anyway, every caller of that group sees the exception it raised. Two items
     of one group are independent: grouping must not change any item's outcome.
+    ``arun_group`` (instead of ``run_group``) is the same contract as an async function.
     """
 
     def __init__(
         self,
-        run_group: Callable[[list[T]], list[Outcome[R]]],
+        run_group: Callable[[list[T]], list[Outcome[R]]] | None = None,
         *,
         limiter: trio.CapacityLimiter | None = None,
+        arun_group: Callable[[list[T]], Awaitable[list[Outcome[R]]]] | None = None,
     ) -> None:
+        if (run_group is None) == (arun_group is None):
+            raise TypeError("pass exactly one of run_group and arun_group")
         self._run_group = run_group
+        self._arun_group = arun_group
         self._limiter = limiter
         self._pending: list[_Slot[T, R]] = []
         self._leading = False
@@ -111,12 +121,12 @@ class GroupCommitter(Generic[T, R]):
             slot.state = _State.TAKEN
         with trio.CancelScope(shield=True):  # the thread call cannot be abandoned anyway
             try:
+                items = [slot.item for slot in group]
                 outcomes: list[Outcome[R] | BaseException] = list(
-                    await trio.to_thread.run_sync(
-                        self._run_group,
-                        [slot.item for slot in group],
-                        limiter=self._limiter,
-                        abandon_on_cancel=False,
+                    await self._arun_group(items)
+                    if self._arun_group is not None
+                    else await trio.to_thread.run_sync(
+                        self._run_group, items, limiter=self._limiter, abandon_on_cancel=False
                     )
                 )
                 if len(outcomes) != len(group):

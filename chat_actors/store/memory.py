@@ -34,7 +34,7 @@ from chat_actors.store import (
     validate_room,
 )
 
-__all__ = ["MemoryStore"]
+__all__ = ["MemoryStore", "open_from_url"]
 
 
 @attrs.define
@@ -269,3 +269,8 @@ class MemoryStore:
 
     async def aclose(self) -> None:
         self._closed = True
+
+
+async def open_from_url(url: str) -> MemoryStore:
+    """``open_store``'s entry for ``memory://`` (a fresh, empty store each time)."""
+    return MemoryStore()

@@ -38,6 +38,7 @@ import logging
 import os
 import queue
 import sqlite3
+import urllib.parse
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -59,7 +60,7 @@ from chat_actors.store import (
 from chat_actors.store import migrations as _migrations
 from chat_actors.store.group_commit import GroupCommitter, Outcome
 
-__all__ = ["SqliteStore"]
+__all__ = ["SqliteStore", "open_from_url", "parse_sqlite_url"]
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,8 @@ SELECT_DEDUP = """
 SELECT m.sender, m.client_id, m.seq, m.ts FROM json_each(?) AS k CROSS JOIN messages AS m
 ON m.room_id = ? AND m.sender = json_extract(k.value, '$[0]') AND m.client_id = json_extract(k.value, '$[1]')
 """
+# json_extract stops at a NUL (SQLite 3.40), so keys holding one are probed one by one.
+SELECT_DEDUP_ONE = "SELECT seq, ts FROM messages WHERE room_id = ? AND sender = ? AND client_id = ?"
 INSERT_MESSAGE = (
     "INSERT INTO messages (room_id, seq, client_id, sender, text, meta, ts) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
@@ -278,10 +281,15 @@ def _commit(conn: sqlite3.Connection, batch: RoomBatch) -> list[AppendResult]:
     results: list[AppendResult] = []
     if batch.messages:
         keys = list(dict.fromkeys((m.sender, m.client_id) for m in batch.messages))
+        plain = [k for k in keys if "\x00" not in k[0] and "\x00" not in k[1]]
         seen: dict[tuple[str, str], tuple[int, int]] = {
             (sender, client_id): (seq, ts)
-            for sender, client_id, seq, ts in conn.execute(SELECT_DEDUP, (orjson.dumps(keys), room_id))
+            for sender, client_id, seq, ts in conn.execute(SELECT_DEDUP, (orjson.dumps(plain), room_id))
         }
+        for key in (k for k in keys if "\x00" in k[0] or "\x00" in k[1]):
+            row = conn.execute(SELECT_DEDUP_ONE, (room_id, *key)).fetchone()
+            if row is not None:
+                seen[key] = (row[0], row[1])
         rows: list[tuple] = []
         sender_seq: dict[str, int] = {}
         for msg in batch.messages:
@@ -658,3 +666,36 @@ class SqliteStore:
             self._readers.get_nowait().close()
         except queue.Empty:
             pass
+
+
+def parse_sqlite_url(url: str) -> tuple[str, dict[str, str]]:
+    """``sqlite:///rel.db`` -> ``rel.db`` (relative to cwd), ``sqlite:////abs.db`` -> ``/abs.db``.
+
+    Query parameters (``?synchronous=full&readers=8``) are returned as options.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "sqlite":
+        raise ValueError(f"not a sqlite URL: {url!r}")
+    if parts.netloc:
+        raise ValueError(f"sqlite URLs have no host (use sqlite:///rel.db or sqlite:////abs.db): {url!r}")
+    if not parts.path.startswith("/") or len(parts.path) < 2:
+        raise ValueError(f"sqlite URL needs a file path: {url!r}")
+    path = urllib.parse.unquote(parts.path[1:])
+    if path == ":memory:":
+        raise ValueError("sqlite :memory: is per connection; use memory:// for an in-memory store")
+    options = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+    return path, options
+
+
+async def open_from_url(url: str) -> SqliteStore:
+    """``open_store``'s entry for ``sqlite:`` URLs: ``synchronous`` and ``readers`` options."""
+    path, options = parse_sqlite_url(url)
+    kwargs: dict[str, Any] = {}
+    for key, value in options.items():
+        if key == "synchronous":
+            kwargs["synchronous"] = value
+        elif key == "readers":
+            kwargs["readers"] = int(value)
+        else:
+            raise ValueError(f"unknown sqlite store option {key!r} in {url!r}")
+    return await SqliteStore.open(os.path.abspath(path), **kwargs)

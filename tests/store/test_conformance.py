@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import random
 
 import pytest
+import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -282,6 +284,75 @@ async def test_commit_to_unknown_room(store: Store) -> None:
 async def test_batch_accepts_lists() -> None:
     batch = RoomBatch("r", [msg("a", "1")], ["x"], ["y"], [("x", 1)])
     assert batch.messages == (msg("a", "1"),) and batch.joins == ("x",) and batch.cursors == (("x", 1),)
+
+
+async def test_nul_and_control_characters_round_trip(store: Store) -> None:
+    """JSON lets a client send any code point, NUL included (PostgreSQL text cannot hold
+    NUL: its backend escapes it); what comes back must be exactly what went in."""
+    await store.create_room("general", kind="public", owner=None, ts=1)
+    texts = ["a\x00b", "\x00", "\x01", "\x010", "\x011\x00\x01", "tab\tnl\n\x7f\x1b"]
+    ids = ["\x00", "id\x00x", "\x01", "\x010", "\x00\x01", "plain"]
+    meta = {"k\x00": "v\x00\x01", "n": [0, "\x00"]}
+    batch = RoomBatch("general", [msg("alice", cid, text, meta, ts=i) for i, (cid, text) in enumerate(zip(ids, texts))])
+    first = await store.commit(batch)
+    assert [(r.seq, r.duplicate) for r in first] == [(i, False) for i in range(1, 7)]  # six distinct ids
+    again = await store.commit(RoomBatch("general", [msg("alice", cid, "retry", ts=99) for cid in ids]))
+    assert again == [AppendResult(r.seq, r.ts, True) for r in first]
+    page, _ = await store.history("general", before=None, after=None, limit=10)
+    assert [(m.client_id, m.text, m.meta) for m in page] == [(c, t, meta) for c, t in zip(ids, texts)]
+    for r, cid in zip(first, ids):
+        assert await store.find_message("general", "alice", cid) == AppendResult(r.seq, r.ts, True)
+
+
+@pytest.fixture(params=["one store", "two stores"])
+def second_writer(request: pytest.FixtureRequest, store: Store, store_url: str) -> str:
+    if request.param == "two stores" and store_url.startswith("memory:"):
+        pytest.skip("a memory store cannot be shared: two tasks on one store cover it")
+    return request.param
+
+
+async def test_two_writers_on_one_room_stay_gap_free(store: Store, peer: Store, second_writer: str) -> None:
+    """Two writers (two tasks on one store, or two store instances as two nodes would be)
+    commit interleaved batches to the same rooms, retrying each other's client ids: every
+    room's seqs are exactly 1..N, each (sender, client_id) is stored once, and every retry,
+    through either writer, gets the original seq and ts."""
+    other = store if second_writer == "one store" else peer
+    rooms = ("general", "random")
+    for name in rooms:
+        await store.create_room(name, kind="public", owner=None, ts=1)
+    keys = [(sender, f"m{i}") for i in range(40) for sender in ("alice", "bob")]
+    answers: dict[tuple[str, str, str], list[AppendResult]] = {}
+    attempt = itertools.count(1)
+
+    async def writer(target: Store, name: str, seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(25):
+            chosen = rng.sample(keys, rng.randint(1, 6))
+            chosen += rng.sample(chosen, rng.randint(0, min(2, len(chosen))))  # repeats inside a batch
+            batch = RoomBatch(name, [msg(s, c, f"{s}:{c}", ts=next(attempt)) for s, c in chosen])
+            for (s, c), result in zip(chosen, await target.commit(batch)):
+                answers.setdefault((name, s, c), []).append(result)
+            await trio.sleep(rng.choice((0, 0, 0.001)))
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for n, name in enumerate(rooms):
+                nursery.start_soon(writer, store, name, 2 * n)
+                nursery.start_soon(writer, other, name, 2 * n + 1)
+    for name in rooms:
+        page, more = await store.history(name, before=None, after=None, limit=200)
+        stored = {(m.sender, m.client_id): m for m in page}
+        assert [m.seq for m in page] == list(range(1, len(page) + 1)) and not more  # no gap
+        assert len(stored) == len(page)  # each key once
+        assert (await other.get_room(name)).last_seq == len(page)
+        tried = {(s, c) for (room, s, c) in answers if room == name}
+        assert set(stored) == tried
+        for key in tried:
+            results = answers[(name, *key)]
+            original = stored[key]
+            assert {(r.seq, r.ts) for r in results} == {(original.seq, original.ts)}  # retries: the original
+            assert [r.duplicate for r in results].count(False) == 1  # stored by exactly one commit
+            assert original.text == f"{key[0]}:{key[1]}"
 
 
 # --- history -------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Numbered schema migrations for the SQL stores.
 
-Each change to the schema is a new file ``NNNN_name.sql`` in this package (never an edit of
+SQLite's files are in this package, PostgreSQL's in ``migrations/postgres`` (same numbers,
+same logical schema, each in its own dialect). Each change to the schema is a new file ``NNNN_name.sql`` in this package (never an edit of
 an applied one), so an existing database moves forward by replaying only what it lacks.
 The applied versions are recorded in ``schema_migrations (version, name, applied_ts)``.
 All pending migrations run in one transaction: a database is either at the old version or
@@ -8,6 +9,12 @@ fully at the new one, and two processes opening the same file at once cannot bot
 them (``BEGIN IMMEDIATE`` serializes them and the second one re-reads the applied set).
 A migration that must change ``PRAGMA foreign_keys`` (table rebuilds) cannot run inside
 that transaction; such a migration needs its own step here when it is written.
+
+On PostgreSQL (``apply_postgres``) DDL is transactional too, and several nodes may start at
+once against one database: the migrating transaction first takes a transaction-level
+advisory lock (``pg_advisory_xact_lock(MIGRATION_LOCK_KEY)``), so they queue; each reads the
+applied set only once it holds the lock, and the lock goes with COMMIT or ROLLBACK (nothing
+to release by hand, nothing left behind by a node that dies mid-migration).
 """
 
 from __future__ import annotations
@@ -17,10 +24,20 @@ import logging
 import re
 import sqlite3
 import time
+from typing import Any
 
 import attrs
 
-__all__ = ["Migration", "MigrationError", "apply_sqlite", "load_migrations", "split_statements"]
+__all__ = [
+    "MIGRATION_LOCK_KEY",
+    "POSTGRES_PACKAGE",
+    "Migration",
+    "MigrationError",
+    "apply_postgres",
+    "apply_sqlite",
+    "load_migrations",
+    "split_statements",
+]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +48,24 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     version    INTEGER PRIMARY KEY,
     name       TEXT NOT NULL,
     applied_ts INTEGER NOT NULL
+)
+"""
+
+
+#: The PostgreSQL migrations' package (data files beside this one).
+POSTGRES_PACKAGE = __name__ + ".postgres"
+#: The advisory lock key that serializes migrations on one PostgreSQL database (advisory
+#: locks are per database): "chatmigr" as a big-endian 64-bit integer.
+MIGRATION_LOCK_KEY = int.from_bytes(b"chatmigr", "big")
+#: How long a starting node waits for the lock (or a migration for its table locks) before
+#: it gives up: another node is migrating a large table, or a long transaction is in the way.
+POSTGRES_LOCK_TIMEOUT = "60s"
+
+_CREATE_TABLE_PG = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    integer PRIMARY KEY,
+    name       text NOT NULL,
+    applied_ts bigint NOT NULL
 )
 """
 
@@ -99,12 +134,7 @@ def apply_sqlite(
     conn.execute("BEGIN IMMEDIATE")
     try:
         applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-        unknown = applied - known
-        if unknown:
-            raise MigrationError(
-                f"database has schema version(s) {sorted(unknown)} unknown to this release "
-                f"(knows {sorted(known)}); upgrade chat-actors"
-            )
+        _check_known(applied, known)
         done: list[int] = []
         for migration in migrations:
             if migration.version in applied:
@@ -123,4 +153,63 @@ def apply_sqlite(
         raise
     for version in done:
         log.info("applied schema migration %04d", version)
+    return done
+
+
+def _check_known(applied: set[int], known: set[int]) -> None:
+    unknown = applied - known
+    if unknown:
+        raise MigrationError(
+            f"database has schema version(s) {sorted(unknown)} unknown to this release "
+            f"(knows {sorted(known)}); upgrade chat-actors"
+        )
+
+
+def apply_postgres(
+    conn: Any,
+    migrations: list[Migration] | None = None,
+    *,
+    now_ms: int | None = None,
+) -> list[int]:
+    """Apply the migrations a PostgreSQL database lacks; returns the versions applied now.
+
+    ``conn`` is a psycopg connection in autocommit mode (typed loosely so that this module
+    does not import psycopg for SQLite users). Everything runs in one transaction under the
+    advisory lock (module docstring); statement_timeout is lifted inside it because a
+    migration may legitimately be slow, while lock_timeout bounds the wait for the lock and
+    for table locks. Each file runs as one script (PostgreSQL accepts several statements in
+    one parameterless query, so no splitting). Raises MigrationError as ``apply_sqlite`` does.
+    """
+    if migrations is None:
+        migrations = load_migrations(POSTGRES_PACKAGE)
+    if now_ms is None:
+        now_ms = int(time.time() * 1000)
+    known = {m.version for m in migrations}
+    conn.execute("BEGIN")
+    try:
+        conn.execute("SET LOCAL statement_timeout = 0")
+        conn.execute(f"SET LOCAL lock_timeout = '{POSTGRES_LOCK_TIMEOUT}'")
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+        conn.execute(_CREATE_TABLE_PG)
+        applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+        _check_known(applied, known)
+        done: list[int] = []
+        for migration in migrations:
+            if migration.version in applied:
+                continue
+            conn.execute(migration.sql)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name, applied_ts) VALUES (%s, %s, %s)",
+                (migration.version, migration.name, now_ms),
+            )
+            done.append(migration.version)
+        conn.execute("COMMIT")
+    except BaseException:
+        try:
+            conn.execute("ROLLBACK")
+        except Exception:  # the connection is gone: the server rolled back already
+            pass
+        raise
+    for version in done:
+        log.info("applied schema migration %04d (postgresql)", version)
     return done
