@@ -180,4 +180,28 @@ class GrantCmd:
     user: str
 
 
-RoomCommand = JoinCmd | LeaveCmd | PublishCmd | TypingCmd | ReadCmd | PresenceCmd | AccessCmd | DisconnectCmd | GrantCmd
+@attrs.frozen(eq=False)
+class RemoteCmd:
+    """An event another node published about this room (a bus event: a committed message,
+    a typing/read/presence relay, a grant). Handled without a reply: the bus is best effort."""
+
+    event: Any
+
+
+@attrs.frozen(eq=False)
+class CatchUpCmd:
+    """Events for this room may have been lost (bus reconnect, a full inbox or bus queue):
+    read the room's head from the store and deliver what is missing; re-read presence."""
+
+    presence: bool = True
+
+
+@attrs.frozen(eq=False)
+class NodeGoneCmd:
+    """A node instance's lease ran out: its users here enter the grace period."""
+
+    instance: str
+
+
+RoomCommand = (JoinCmd | LeaveCmd | PublishCmd | TypingCmd | ReadCmd | PresenceCmd | AccessCmd | DisconnectCmd
+               | GrantCmd | RemoteCmd | CatchUpCmd | NodeGoneCmd)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -178,6 +179,17 @@ def _parse_origins(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+_NODE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def _node_id(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _NODE_ID.fullmatch(value):
+        return "must be 1-64 characters of A-Z a-z 0-9 _ . : -"
+    return None
+
+
 def _parse_level(text: str) -> str:
     return text.strip().upper()
 
@@ -198,6 +210,7 @@ _SECONDS = _Kind(_parse_float, _positive_float)
 _SECONDS0 = _Kind(_parse_float, _non_negative_float)
 _RATE = _Kind(_parse_float, _positive_float)
 _ORIGINS = _Kind(_parse_origins, _origins)
+_NODE = _Kind(_parse_optional, _node_id)
 _LEVEL = _Kind(_parse_level, _log_level)
 
 
@@ -219,6 +232,12 @@ _OPTIONS: dict[str, _Option] = {
         "sqlite:////abs/path.db, postgresql://... or memory:// (not durable)"),
     "bus": _Option(_URL, "URL",
         "fan-out bus between nodes: local:// (single node) or redis://host:6379/0"),
+    "node_id": _Option(_NODE, "ID",
+        "this node's name in logs, metrics, /readyz and welcome; unset: host name and "
+        "process id"),
+    "node_lease_s": _Option(_SECONDS, "SECONDS",
+        "how long this node's presence lease lives without renewal (renewed every third "
+        "of it); a node that dies is forgotten after it"),
     "data_dir": _Option(_PATH, "DIR",
         "directory holding the generated JWT secret (file jwt_secret, mode 0600)"),
     "jwt_secret": _Option(_SECRET, "SECRET",
@@ -338,6 +357,8 @@ class Config:
     http_port: int = 3001
     store: str = attrs.field(default="sqlite:///data/chat.db", repr=_redact_url)
     bus: str = attrs.field(default="local://", repr=_redact_url)
+    node_id: str | None = None
+    node_lease_s: float = attrs.field(default=10.0, converter=_to_float)
     data_dir: str = "data"
     jwt_secret: str | None = attrs.field(default=None, repr=_redact)
     heartbeat_s: float = attrs.field(default=30.0, converter=_to_float)

@@ -37,6 +37,7 @@ from .commands import (
 from .config import Config
 from .errors import ChatError, CloseCode, ErrorCode, ProtocolError, RateLimited, Unavailable
 from .fair import FairLimiter, client_reads
+from .frames import encode_text_frame
 from .identity import Authenticator
 from .limits import ErrorBudget, TokenBucket
 from .metrics import Metrics
@@ -65,7 +66,7 @@ from .registry import Registry
 from .room_state import MAX_REPLAY
 from .sessions import Sessions
 from .store import Store
-from .transport import ConnectionClosed, WebSocket, encode_text_frame
+from .transport import ConnectionClosed, WebSocket
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,8 @@ class ConnectionDeps:
     metrics: Metrics
     authenticate: Authenticator
     server_name: str
+    #: this node's CHAT_NODE_ID, shown in welcome
+    node_id: str | None = None
     #: store reads made for clients (welcome, replays, history), shared out fairly per user
     reads: FairLimiter = attrs.field(factory=client_reads)
 
@@ -256,6 +259,7 @@ class Connection:
                     rate_per_second=cfg.rate_per_second, rate_burst=cfg.rate_burst,
                 ),
                 rooms=tuple(RoomEntry(room=r.room, seq=r.seq, read=r.read) for r in rooms),
+                node=deps.node_id,
             ))
             # welcome's rooms carry each direct room's seq and read cursor: ask the store for
             # undelivered direct messages only when one of them has any (most connects: none)

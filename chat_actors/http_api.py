@@ -31,6 +31,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from .auth import PasswordHasher, TokenIssuer, validate_password, validate_username
+from .cluster import ClusterLink
 from .commands import AccessCmd, GrantCmd, PresenceCmd, PublishCmd, PublishResult, Reply
 from .config import Config
 from .errors import (
@@ -118,6 +119,8 @@ class HttpDeps:
     ready: Callable[[], Awaitable[dict[str, str]]]
     #: shared with the WebSocket side: store reads made for clients, fairly per user
     reads: FairLimiter = attrs.field(factory=client_reads)
+    #: the other nodes, told about grants (None: a single node)
+    cluster: ClusterLink | None = None
 
 
 class HttpApi:
@@ -243,6 +246,8 @@ class HttpApi:
             raise NotFound(f"unknown user {member}")
         await self.d.store.add_grant(room, member)
         await self.d.registry.notify(room, GrantCmd(member))
+        if self.d.cluster is not None:
+            self.d.cluster.grant(room, member)
         return Response(status_code=204)
 
     async def get_messages(self, request: Request) -> Response:

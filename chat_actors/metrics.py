@@ -35,6 +35,26 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
         )
 
+        # the cluster (zero on a single node)
+        self.gap_fills = Counter("chat_gap_fills", "Gaps in a room's seq order read from the store", registry=r)
+        self.messages_filled = Counter(
+            "chat_messages_filled", "Messages delivered from the store by gap fills", registry=r)
+        self.lease_renewals = Counter("chat_presence_lease_renewals", "Presence lease renewals of this node", registry=r)
+        self.bus_published = Gauge("chat_bus_published", "Events this node handed to the bus (total)", registry=r)
+        self.bus_received = Gauge("chat_bus_received", "Events this node received from the bus (total)", registry=r)
+        self.bus_dropped = Gauge(
+            "chat_bus_dropped", "Bus events dropped here (queue full, bus down, malformed; total)", registry=r)
+        self.bus_reconnects = Gauge("chat_bus_reconnects", "Times the bus came back after being down", registry=r)
+        self.bus_up = Gauge("chat_bus_up", "1 while the bus delivers (probes come back), else 0", registry=r)
+
+    def bind_bus(self, statistics: Callable[[], object], state: Callable[[], str]) -> None:
+        """Bus figures read from the bus's own counters at scrape time."""
+        self.bus_published.set_function(lambda: float(statistics().published))  # type: ignore[attr-defined]
+        self.bus_received.set_function(lambda: float(statistics().received))  # type: ignore[attr-defined]
+        self.bus_dropped.set_function(lambda: float(statistics().dropped))  # type: ignore[attr-defined]
+        self.bus_reconnects.set_function(lambda: float(statistics().reconnects))  # type: ignore[attr-defined]
+        self.bus_up.set_function(lambda: 1.0 if state() == "ok" else 0.0)
+
     def bind(self, *, connections: Callable[[], int], registry_stats: Callable[[], object]) -> None:
         """Read live gauges from their owners at scrape time."""
         self.connections.set_function(lambda: float(connections()))

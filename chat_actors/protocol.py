@@ -402,8 +402,8 @@ def _build_wire_converter() -> OrjsonConverter:
     for cls in EVENT_TYPES.values():
         overrides = {}
         for a in attrs.fields(cls):
-            if a.name == "ref":
-                overrides["ref"] = override(omit_if_default=True, unstruct_hook=identity)
+            if a.name == "ref" or (cls.__name__, a.name) == ("Welcome", "node"):
+                overrides[a.name] = override(omit_if_default=True, unstruct_hook=identity)
             elif (cls.__name__, a.name) in _PASS_THROUGH:
                 overrides[a.name] = override(unstruct_hook=identity)
         if cls is Message:

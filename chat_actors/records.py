@@ -209,6 +209,8 @@ class Welcome:
     heartbeat: float = attrs.field(converter=_plain_number)
     limits: WelcomeLimits
     rooms: tuple[RoomEntry, ...] = attrs.field(converter=tuple)
+    #: the node serving this connection (PROTOCOL section 9); omitted when None
+    node: str | None = None
 
 
 @attrs.frozen

@@ -11,6 +11,7 @@ so no command that races the retirement is lost.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import attrs
 import trio
@@ -45,9 +46,9 @@ class Registry:
         self._rooms: dict[str, _Handle] = {}
         self._closed = False
 
-    def _spawn(self, room: str) -> _Handle:
+    def _spawn(self, room: str, start_below: int | None = None) -> _Handle:
         send, receive = trio.open_memory_channel[RoomCommand](self._inbox_size)
-        actor = RoomActor(room, receive, self._deps, self._retire)
+        actor = RoomActor(room, receive, self._deps, self._retire, start_below=start_below)
         handle = _Handle(send=send, actor=actor)
         self._rooms[room] = handle
         self._nursery.start_soon(self._run_actor, handle, name=f"room:{room}")
@@ -125,6 +126,36 @@ class Registry:
             pass            # retired meanwhile: its successor reads the store
         except trio.TooSlowError:
             raise Unavailable(f"room {room} is not taking commands, retry") from None
+
+    def offer(self, room: str, cmd: RoomCommand, *, spawn: bool = False, start_below: int | None = None) -> None:
+        """Hand a bus event to the room's actor without waiting (called from the bus's task).
+
+        No actor: dropped, unless `spawn` (a direct message for this node's devices); the
+        next actor reads the store anyway. A full inbox: dropped, and the actor is told to
+        catch up from the store once it gets to it (the bus is best effort; the store is not).
+        """
+        if self._closed:
+            return
+        handle = self._rooms.get(room)
+        if handle is None:
+            if not spawn:
+                return
+            handle = self._spawn(room, start_below)
+        try:
+            handle.send.send_nowait(cmd)
+        except trio.WouldBlock:
+            handle.actor.lost_events = True
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async def broadcast(self, make: Callable[[], RoomCommand]) -> None:
+        """Give every live actor a command of its own (a catch-up, a node gone); waits on
+        full inboxes like `notify`, one room at a time, and skips rooms that do not answer."""
+        for room in list(self._rooms):
+            try:
+                await self.notify(room, make())
+            except Unavailable:
+                log.warning("room %s: not taking commands, skipped", room)
 
     def statistics(self) -> RegistryStats:
         depths = [h.actor.inbox_depth for h in self._rooms.values()]

@@ -8,6 +8,11 @@ sends costs one commit instead of N.
 Fan-out encodes each event once (JSON, then one unmasked WebSocket frame) and hands the same
 bytes to every recipient through the synchronous `Peer.deliver*`: the actor never awaits a
 connection, so one slow client cannot hold the room.
+
+Messages reach the connections through the room's `Sequencer`, strictly in seq order. On
+one node that is a formality (the actor's own commits are the next seqs); in a cluster the
+actor also hears other nodes' commits (`RemoteCmd`, from `cluster.py`), holds early ones
+back briefly and reads any gap from the store, so bus losses never show to a client.
 """
 
 from __future__ import annotations
@@ -16,38 +21,52 @@ import logging
 import math
 import time
 from functools import partial
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import attrs
 import trio
 
+from .bus import GrantChanged, MessageCommitted, PresenceRelay, ReadRelay, RoomHead, TypingRelay
 from .commands import (
     AccessCmd,
+    CatchUpCmd,
     DisconnectCmd,
     GrantCmd,
     JoinCmd,
     LeaveCmd,
+    NodeGoneCmd,
     Peer,
     PresenceCmd,
     PublishCmd,
     PublishResult,
     ReadCmd,
+    RemoteCmd,
     RoomCommand,
     TypingCmd,
 )
 from .errors import ChatError, CloseCode, Forbidden, Internal, NotFound, TooLarge, Unavailable
 from .metrics import Metrics
-from .protocol import encode_event, message_json
-from .records import Ack, Left, Message, PresenceList, PresenceMember
-from .room_state import RoomState
-from .sessions import Sessions
-from .store import NewMessage, RoomBatch, Store
 from .transport import encode_text_frame
+from .protocol import encode_event, message_from_stored, message_json
+from .records import Ack, Left, Message, PresenceList, PresenceMember, ReadEvent, TypingEvent
+from .room_state import RoomState
+from .sequencer import Sequencer
+from .sessions import Sessions
+from .store import NewMessage, RoomBatch, RoomSnapshot, Store
+
+if TYPE_CHECKING:
+    from .cluster import ClusterLink
 
 log = logging.getLogger(__name__)
 
 #: the most commands one wake-up applies before committing (bounds ack latency under flood)
 MAX_BATCH = 1024
+#: messages read from the store per gap fill
+FILL_PAGE = 500
+#: after a failed gap fill (store down), the next attempt
+FILL_RETRY_S = 1.0
+#: how long a starting actor waits for its room subscription before reading the store
+SUBSCRIBE_WAIT_S = 1.0
 
 
 @attrs.frozen
@@ -60,6 +79,8 @@ class RoomDeps:
     presence_grace_s: float
     idle_s: float
     max_rooms_per_user: int = 1000
+    #: this node's link to the others (None: a single node, nobody to tell)
+    cluster: ClusterLink | None = None
 
 
 def _copy_error(error: ChatError, ref: str | int | None) -> ChatError:
@@ -76,12 +97,22 @@ class RoomActor:
         inbox: trio.MemoryReceiveChannel[RoomCommand],
         deps: RoomDeps,
         retire: Callable[["RoomActor"], bool],
+        *,
+        start_below: int | None = None,
     ) -> None:
         self.name = name
         self.inbox = inbox
         self.deps = deps
         self._retire = retire
         self.state = RoomState(name, grace_s=deps.presence_grace_s)
+        self.link = deps.cluster
+        self.state.persist_always = self.link is not None
+        self.seq: Sequencer[Peer | None] = Sequencer(0)
+        #: spawned for a direct message from another node: deliver from that one on
+        self._start_below = start_below
+        self._loaded = False
+        #: set by the registry when a bus event found the inbox full
+        self.lost_events = False
         self._cmds: list[PublishCmd] = []
         self._msgs: list[NewMessage] = []
         #: answers that must wait until this drain's membership/cursor changes are committed,
@@ -103,6 +134,9 @@ class RoomActor:
             AccessCmd: self._access,
             DisconnectCmd: self._disconnect,
             GrantCmd: self._grant,
+            RemoteCmd: self._remote,
+            CatchUpCmd: self._catch_up,
+            NodeGoneCmd: self._node_gone,
         }
 
     @property
@@ -115,10 +149,30 @@ class RoomActor:
         On shutdown the inbox is drained and the last batch committed before returning.
         """
         self._last_active = trio.current_time()
+        link = self.link
+        sub = link.subscribe_room(self.name) if link is not None else None
+        try:
+            await self._start(sub)
+            await self._serve()
+        finally:
+            if sub is not None:
+                sub.close()
+
+    async def _start(self, sub: object) -> None:
+        """Subscribe first, then read the store and the presence snapshot, so nothing
+        committed or announced in between is missed."""
+        link = self.link
+        if link is not None and sub is not None:
+            with trio.move_on_after(SUBSCRIBE_WAIT_S):
+                await sub.wait_active()  # type: ignore[attr-defined]
         try:
             await self._reload()
         except ChatError:
             log.warning("room %s: store unavailable at start; will retry on demand", self.name)
+        if link is not None:
+            self.state.remote_snapshot(await link.presence_snapshot(self.name))
+
+    async def _serve(self) -> None:
         while True:
             batch = await self._next_batch()
             if batch is None:
@@ -130,8 +184,16 @@ class RoomActor:
             self._batch = []
             await self._flush()
             now = trio.current_time()
-            for event in self.state.expire(now):
+            if self.lost_events:
+                self.lost_events = False
+                await self._catch_up(CatchUpCmd(presence=False))
+            if self.seq.fill_at is not None and self.seq.fill_at <= now:
+                await self._fill(now)
+            events, gone = self.state.expire(now)
+            for event in events:
                 self._broadcast(encode_event(event), durable=False)
+            for user in gone:
+                self._relay_presence(user)
             if batch:
                 self._last_active = now
             elif self.state.idle() and now - self._last_active >= self.deps.idle_s:
@@ -146,6 +208,9 @@ class RoomActor:
         grace = self.state.next_deadline()
         if grace is not None:
             deadline = min(deadline, grace)
+        fill = self.seq.fill_at
+        if fill is not None:
+            deadline = min(deadline, fill)
         with trio.move_on_at(deadline):
             try:
                 batch = [await self.inbox.receive()]
@@ -214,7 +279,7 @@ class RoomActor:
         user = getattr(cmd, "user", None) or getattr(getattr(cmd, "peer", None), "user", None)
         if user is None or state.info is None or state.info.kind != "private":
             return False
-        state.load(await self.deps.store.load_room(self.name))
+        self._load(await self.deps.store.load_room(self.name))
         return state.can_access(user)
 
     async def _check_room_cap(self, user: str) -> None:
@@ -227,8 +292,23 @@ class RoomActor:
     async def _reload(self) -> None:
         """Read the room from the store while it is not known to exist (created elsewhere?)."""
         if not self.state.exists:
-            self.state.load(await self.deps.store.load_room(self.name))
+            self._load(await self.deps.store.load_room(self.name))
 
+    def _load(self, snapshot: RoomSnapshot | None) -> None:
+        """Adopt the store's view of the room. The first time, delivery starts at its head
+        (nobody here can have missed what came before), or just below the message this
+        actor was spawned for; later, a head beyond what was delivered is read at once."""
+        state = self.state
+        state.load(snapshot)
+        if snapshot is not None:
+            head = snapshot.info.last_seq
+            if not self._loaded:
+                self._loaded = True
+                start = head if self._start_below is None else min(head, self._start_below)
+                self._deliver(self.seq.start_at(start))
+            if head > self.seq.delivered:
+                self.seq.note_head(head, trio.current_time(), at_once=True)
+        state.last_seq = self.seq.delivered
     async def _create(self, user: str, *, direct_to: str | None = None) -> None:
         """Create the room on first use: public rooms by join/publish, direct rooms by dm."""
         await self._reload()
@@ -248,7 +328,7 @@ class RoomActor:
             await store.ensure_room(self.name, kind="direct", owner=None, ts=now)
         else:
             await store.ensure_room(self.name, kind="public", owner=None, ts=now)
-        self.state.load(await store.load_room(self.name))
+        self._load(await store.load_room(self.name))
 
     # -- commands -----------------------------------------------------------------------------
     async def _join(self, cmd: JoinCmd) -> None:
@@ -262,7 +342,8 @@ class RoomActor:
             await self._create(user)
         newly_member = user not in state.member_users
         result, online = state.join(cmd.peer, cmd.since)
-        if newly_member:
+        self._relay_presence(user)
+        if newly_member or self.link is not None:
             # answer after the membership is committed, so the next welcome lists the room
             self._after_commit.append((cmd, partial(cmd.reply.set, result)))
         else:
@@ -279,6 +360,7 @@ class RoomActor:
             left()
         if offline is not None:
             self._broadcast(encode_event(offline), durable=False)
+        self._relay_presence(cmd.peer.user)
 
     async def _publish(self, cmd: PublishCmd) -> None:
         state = self.state
@@ -302,6 +384,8 @@ class RoomActor:
         event = self.state.typing(cmd.peer, trio.current_time())
         if event is not None:
             self._broadcast(encode_event(event), durable=False, exclude=cmd.peer.id)
+            if self.link is not None:
+                self.link.typing(self.name, cmd.peer.user)
 
     async def _read(self, cmd: ReadCmd) -> None:
         if not self.state.exists:
@@ -310,8 +394,7 @@ class RoomActor:
         if event is not None:
             # relayed once the cursor is committed: whoever sees it and reconnects at once
             # finds the same cursor in welcome
-            self._after_commit.append((cmd, partial(self._broadcast, encode_event(event), durable=False,
-                                                    exclude=cmd.peer.id)))
+            self._after_commit.append((cmd, partial(self._relay_read, event, cmd.peer.id)))
             if cmd.reply is not None:
                 self._after_commit.append((cmd, partial(cmd.reply.set, True)))
         elif cmd.reply is not None:
@@ -341,9 +424,107 @@ class RoomActor:
 
     async def _disconnect(self, cmd: DisconnectCmd) -> None:
         self.state.disconnect(cmd.peer, trio.current_time())
+        self._relay_presence(cmd.peer.user)
 
     async def _grant(self, cmd: GrantCmd) -> None:
         self.state.grants.add(cmd.user)
+
+    def _relay_read(self, event: ReadEvent, exclude: str) -> None:
+        self._broadcast(encode_event(event), durable=False, exclude=exclude)
+        if self.link is not None:
+            self.link.read(self.name, event.user, event.seq)
+
+    # -- the cluster ---------------------------------------------------------------------------
+    def _relay_presence(self, user: str) -> None:
+        """Tell the other nodes this node's figure for `user`: joined connections here, 0
+        inside the grace period, None once gone from here."""
+        if self.link is None:
+            return
+        state = self.state
+        count = state.local_connections(user)
+        self.link.presence(self.name, user, count if count or user in state.grace else None)
+
+    async def _remote(self, cmd: RemoteCmd) -> None:
+        """Another node's event about this room (best effort: the store stays the truth)."""
+        event, state, now = cmd.event, self.state, trio.current_time()
+        if isinstance(event, (MessageCommitted, RoomHead)):
+            if not self._loaded:
+                await self._reload()
+                if not self._loaded:
+                    return
+            if isinstance(event, MessageCommitted):
+                self._deliver(self.seq.offer((encode_text_frame(event.event), event.seq, None), now))
+            else:
+                self.seq.note_head(event.seq, now, at_once=True)
+        elif isinstance(event, TypingRelay):
+            if state.conns:
+                self._broadcast(encode_event(TypingEvent(room=self.name, user=event.user)), durable=False)
+        elif isinstance(event, ReadRelay):
+            if event.seq > state.cursors.get(event.user, 0):
+                state.cursors[event.user] = event.seq
+                if state.conns:
+                    read = ReadEvent(room=self.name, user=event.user, seq=event.seq)
+                    self._broadcast(encode_event(read), durable=False)
+        elif isinstance(event, PresenceRelay):
+            if self.link is not None and self.link.saw_instance(event.origin):
+                count = None if event.status == "offline" else (event.connections or 0)
+                change = state.remote_update(event.origin, event.user, count)
+                if change is not None:
+                    self._broadcast(encode_event(change), durable=False)
+        elif isinstance(event, GrantChanged):
+            state.grants.add(event.user)
+
+    async def _catch_up(self, cmd: CatchUpCmd) -> None:
+        """Events may have been lost: read the head from the store (the gap follows), and
+        with `presence`, announce this node's users again and re-read everyone else's."""
+        try:
+            if not self._loaded:
+                await self._reload()
+            else:
+                info = await self.deps.store.get_room(self.name)
+                if info is not None and info.last_seq > self.seq.delivered:
+                    self.seq.note_head(info.last_seq, trio.current_time(), at_once=True)
+        except ChatError as exc:
+            log.warning("room %s: catch-up read failed: %s", self.name, exc)
+        link = self.link
+        if link is None or not cmd.presence:
+            return
+        state = self.state
+        for user in sorted(set(state.user_conns) | set(state.grace)):
+            self._relay_presence(user)
+        for change in state.remote_snapshot(await link.presence_snapshot(self.name)):
+            self._broadcast(encode_event(change), durable=False)
+        if self._loaded:
+            link.head(self.name, self.seq.delivered, state.participants)
+
+    async def _node_gone(self, cmd: NodeGoneCmd) -> None:
+        self.state.node_gone(cmd.instance, trio.current_time())
+
+    async def _fill(self, now: float) -> None:
+        """Read the sequencer's gap from the store and deliver it."""
+        gap = self.seq.gap(now)
+        if gap is None:
+            return
+        after, upto = gap
+        try:
+            rows = await self.deps.store.messages_between(self.name, after, upto, FILL_PAGE)
+        except ChatError as exc:
+            log.warning("room %s: gap (%d, %d] not readable yet: %s", self.name, after, upto, exc)
+            self.seq.fill_at = trio.current_time() + FILL_RETRY_S
+            return
+        items: list[tuple[bytes, int, Peer | None]] = [
+            (encode_text_frame(message_json(message_from_stored(row))), row.seq, None) for row in rows
+        ]
+        complete = len(rows) < FILL_PAGE or rows[-1].seq >= upto
+        metrics = self.deps.metrics
+        metrics.gap_fills.inc()
+        metrics.messages_filled.inc(len(items))
+        self._deliver(self.seq.filled(items, trio.current_time(), complete=complete))
+
+    def _deliver(self, ready: list[tuple[bytes, int, Peer | None]]) -> None:
+        if ready:
+            self._fan_out(ready)
+        self.state.last_seq = self.seq.delivered
 
     # -- commit and fan-out ---------------------------------------------------------------------
     async def _flush(self) -> None:
@@ -386,21 +567,32 @@ class RoomActor:
         metrics.observe_batch(len(msgs), time.perf_counter() - started)
         state.committed((m.sender, r.seq) for m, r in zip(msgs, results) if not r.duplicate)
         fresh: list[tuple[bytes, int, Peer | None]] = []
+        stored = 0
+        delivered, link, participants = self.seq.delivered, self.link, state.participants
         for cmd, msg, res in zip(cmds, msgs, results):
-            if not res.duplicate:
+            # a duplicate beyond what was delivered is a retry whose first commit landed but
+            # was never fanned out (the ack was lost with a store error): deliver it now
+            if not res.duplicate or res.seq > delivered:
                 event = Message(
                     room=self.name, seq=res.seq, id=msg.client_id, sender=msg.sender,
                     text=msg.text, meta=msg.meta, ts=res.ts,
                 )
-                fresh.append((encode_text_frame(message_json(event)), res.seq, cmd.peer))
+                payload = message_json(event)
+                fresh.append((encode_text_frame(payload), res.seq, cmd.peer))
+                if not res.duplicate:
+                    stored += 1
+                    if link is not None:
+                        link.message(self.name, res.seq, payload, participants)
             if cmd.reply is not None:
                 cmd.reply.set(PublishResult(seq=res.seq, ts=res.ts, duplicate=res.duplicate))
             elif cmd.peer is not None:
                 cmd.peer.send_event(Ack(id=msg.client_id, room=self.name, seq=res.seq, ts=res.ts, ref=cmd.ref))
         self._committing = []
         if fresh:
-            self._fan_out(fresh)
-        metrics.messages_in.inc(len(fresh))
+            self._deliver(self.seq.offer_batch(fresh, trio.current_time()))
+        else:
+            state.last_seq = self.seq.delivered
+        metrics.messages_in.inc(stored)
 
     def _fan_out(self, fresh: list[tuple[bytes, int, Peer | None]]) -> None:
         """Hand this drain's new message frames to every recipient, as one write per recipient.

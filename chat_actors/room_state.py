@@ -6,7 +6,10 @@ loop a thin shell that does the awaiting (store, replies) around them.
 
 Membership has two layers: *joined connections* (who receives live events now, per
 connection) and *persisted members* (users who joined and did not leave; listed in `welcome`).
-Presence is per user and derived from joined connections plus the grace period.
+Presence is per user and derived from joined connections plus the grace period. In a
+cluster, `remote` adds what the other nodes announced (per node instance: that user's joined
+connections there), so a user is present while any node has them, and `joined.members`,
+`presence_list` and the online/offline events speak for the whole cluster.
 """
 
 from __future__ import annotations
@@ -44,6 +47,11 @@ class RoomState:
         #: user -> monotonic deadline of the presence grace period after a drop
         self.grace: dict[str, float] = {}
         self.typing_at: dict[str, float] = {}
+        #: user -> {node instance: that user's joined connections there (0: in its grace)}
+        self.remote: dict[str, dict[str, int]] = {}
+        #: cluster mode: every join and leave is written, since another node may have changed
+        #: the membership since this actor loaded it (its `member_users` is only a hint)
+        self.persist_always = False
         # persistence not yet committed (flushed with the next batch)
         self.pending_joins: set[str] = set()
         self.pending_leaves: set[str] = set()
@@ -94,27 +102,79 @@ class RoomState:
             raise NotJoined(f"join room {self.name} first")
 
     # -- presence ---------------------------------------------------------------------------
-    def is_present(self, user: str) -> bool:
+    def is_present_here(self, user: str) -> bool:
         return user in self.user_conns or user in self.grace
 
+    def is_present(self, user: str) -> bool:
+        return user in self.user_conns or user in self.grace or user in self.remote
+
     def present_users(self) -> tuple[str, ...]:
-        users = list(self.user_conns)
-        users.extend(u for u in self.grace if u not in self.user_conns)
+        users = set(self.user_conns)
+        users.update(self.grace)
+        users.update(self.remote)
         return tuple(sorted(users))
 
+    def local_connections(self, user: str) -> int:
+        return len(self.user_conns.get(user, ()))
+
     def presence(self) -> tuple[tuple[str, int], ...]:
-        """(user, joined connections) for every present user; 0 while inside the grace period."""
-        return tuple((u, len(self.user_conns.get(u, ()))) for u in self.present_users())
+        """(user, joined connections) for every present user, all nodes counted; 0 while
+        inside the grace period."""
+        remote = self.remote
+        return tuple(
+            (u, len(self.user_conns.get(u, ())) + sum(remote.get(u, {}).values()))
+            for u in self.present_users()
+        )
+
+    def remote_update(self, instance: str, user: str, connections: int | None) -> PresenceEvent | None:
+        """Another node's view of `user` here: `connections` joined there (0: in its grace
+        period), None: gone from that node. Returns the cluster-wide change, if any."""
+        before = self.is_present(user)
+        nodes = self.remote.get(user)
+        if connections is None:
+            if nodes is not None:
+                nodes.pop(instance, None)
+                if not nodes:
+                    del self.remote[user]
+        else:
+            self.remote.setdefault(user, {})[instance] = connections
+        return self._change(user, before)
+
+    def remote_snapshot(self, entries: dict[str, dict[str, int]]) -> list[PresenceEvent]:
+        """Adopt the cluster's presence view (a snapshot read), announcing what changed."""
+        users = set(self.remote) | set(entries)
+        before = {u: self.is_present(u) for u in users}
+        self.remote = {u: dict(nodes) for u, nodes in entries.items() if nodes}
+        return [e for u in sorted(users) if (e := self._change(u, before[u])) is not None]
+
+    def node_gone(self, instance: str, now: float) -> None:
+        """A node's lease ran out: its users here stay present for the grace period, then go
+        offline unless some node has them again (PROTOCOL section 9)."""
+        for user in [u for u, nodes in self.remote.items() if instance in nodes]:
+            nodes = self.remote[user]
+            del nodes[instance]
+            if not nodes:
+                del self.remote[user]
+                if not self.is_present(user):
+                    self.grace[user] = now + self.grace_s
+
+    def _change(self, user: str, before: bool) -> PresenceEvent | None:
+        after = self.is_present(user)
+        if before == after:
+            return None
+        return PresenceEvent(room=self.name, user=user, status="online" if after else "offline")
 
     def next_deadline(self) -> float | None:
         return min(self.grace.values()) if self.grace else None
 
-    def expire(self, now: float) -> list[PresenceEvent]:
-        """End grace periods that ran out: those users go offline."""
+    def expire(self, now: float) -> tuple[list[PresenceEvent], list[str]]:
+        """End grace periods that ran out: (offline events for the users gone cluster-wide,
+        every user gone from this node)."""
         gone = [u for u, deadline in self.grace.items() if deadline <= now]
         for user in gone:
             del self.grace[user]
-        return [PresenceEvent(room=self.name, user=u, status="offline") for u in gone]
+        events = [PresenceEvent(room=self.name, user=u, status="offline") for u in gone if u not in self.remote]
+        return events, gone
 
     # -- transitions --------------------------------------------------------------------------
     def join(self, peer: Peer, since: int | None) -> tuple[JoinResult, PresenceEvent | None]:
@@ -124,7 +184,7 @@ class RoomState:
         self.grace.pop(peer.user, None)
         self.conns[peer.id] = peer
         self.user_conns.setdefault(peer.user, set()).add(peer.id)
-        if peer.user not in self.member_users:
+        if peer.user not in self.member_users or self.persist_always:
             self.member_users.add(peer.user)
             self.pending_joins.add(peer.user)
             self.pending_leaves.discard(peer.user)
@@ -150,13 +210,14 @@ class RoomState:
     def leave(self, peer: Peer) -> PresenceEvent | None:
         """Explicit leave: ends the user's membership; `offline` at once if it was the last."""
         last = self._drop_conn(peer)
-        if peer.user in self.member_users:
+        if peer.user in self.member_users or self.persist_always:
             self.member_users.discard(peer.user)
             self.pending_leaves.add(peer.user)
             self.pending_joins.discard(peer.user)
         if last:
             self.grace.pop(peer.user, None)
-            return PresenceEvent(room=self.name, user=peer.user, status="offline")
+            if peer.user not in self.remote:
+                return PresenceEvent(room=self.name, user=peer.user, status="offline")
         return None
 
     def disconnect(self, peer: Peer, now: float) -> None:

@@ -4,14 +4,17 @@ Everything is passed explicitly; there are no module-level singletons. Nursery l
 
     serve
       store (async context)
-        rooms nursery  <- Registry spawns room actors here
-          listeners nursery
-            WsServer.run      (one nursery per connection inside)
-            hypercorn serve   (HTTP API)
+        bus (async context: local://, or redis:// for a cluster)
+          cluster nursery  <- ClusterLink.run (lease, presence writes, catch-ups; clusters only)
+            rooms nursery  <- Registry spawns room actors here
+              listeners nursery
+                WsServer.run      (one nursery per connection inside)
+                hypercorn serve   (HTTP API)
 
 Graceful shutdown (request_shutdown, SIGTERM/SIGINT via the CLI): stop accepting, close
 every WebSocket with 1001 and give writers `graceful_timeout_s` to flush, stop HTTP, then
-close the room inboxes so each actor commits its last batch, and close the store last.
+close the room inboxes so each actor commits its last batch, then the cluster link and the
+bus, and close the store last.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import trio
 
 from . import __version__, hypercorn_h11
 from .auth import Claims, PasswordHasher, TokenIssuer, load_or_create_secret
+from .bus import Bus, default_node_id, open_bus
+from .cluster import ClusterLink, instance_id
 from .config import Config
 from .connection import ConnectionDeps, handle_websocket
 from .errors import ChatError, CloseCode, RateLimited
@@ -93,39 +98,45 @@ def _hypercorn_config(config: Config) -> hypercorn.config.Config:
 
 async def serve(config: Config, *, task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED) -> None:
     """Run one chat server until `RunningServer.request_shutdown()` or cancellation."""
-    if not config.bus.startswith("local://"):
-        raise ValueError(f"unsupported bus URL {config.bus!r} (this version fans out in-process: local://)")
+    clustered = not config.bus.startswith("local://")
+    node_id = config.node_id or default_node_id()
     secret = load_or_create_secret(config)
     tokens = TokenIssuer(secret, config.token_ttl_s)
     hasher = PasswordHasher(queue_size=config.auth_queue)
     metrics = Metrics()
-    sessions = Sessions()
     stopped: RunningServer | None = None
     try:
-        async with open_store(config.store) as store:
+        async with open_store(config.store) as store, \
+                open_bus(config.bus, node_id=instance_id(node_id) if clustered else node_id) as bus, \
+                trio.open_nursery() as cluster_nursery:
+            link = ClusterLink(bus, node_id=node_id, lease_s=config.node_lease_s, metrics=metrics) \
+                if clustered else None
+            sessions = Sessions(link.user_connected, link.user_disconnected) if link else Sessions()
+            metrics.bind_bus(bus.statistics, lambda: bus.state)
+            if link is not None:
+                await cluster_nursery.start(link.run)
             async with trio.open_nursery() as rooms_nursery:
                 registry = Registry(
                     rooms_nursery,
                     RoomDeps(store=store, sessions=sessions, metrics=metrics,
                              presence_grace_s=config.presence_grace_s, idle_s=config.room_idle_s,
-                             max_rooms_per_user=config.max_rooms_per_user),
+                             max_rooms_per_user=config.max_rooms_per_user, cluster=link),
                     inbox_size=config.room_inbox_size,
                 )
+                if link is not None:
+                    link.bind(registry)
                 metrics.bind(connections=lambda: len(sessions), registry_stats=registry.statistics)
                 authenticate = Authenticator(tokens, store)
 
                 async def ready() -> dict[str, str]:
-                    """Each component "ok" or "down"; /readyz derives its status from them.
-
-                    The bus is in-process in this version, so it always answers; a networked
-                    bus adds its own probe here.
-                    """
-                    return {"store": await _probe(store.ping), "bus": "ok"}
+                    """Each component "ok" or "down"; /readyz derives its status from them."""
+                    return {"store": await _probe(store.ping), "bus": _bus_state(bus)}
 
                 reads = client_reads()
                 conn_deps = ConnectionDeps(
                     config=config, registry=registry, store=store, sessions=sessions, metrics=metrics,
                     authenticate=authenticate, server_name=f"chat-actors/{__version__}", reads=reads,
+                    node_id=node_id,
                 )
                 ws_server = WsServer(
                     partial(handle_websocket, deps=conn_deps),
@@ -139,7 +150,7 @@ async def serve(config: Config, *, task_status: trio.TaskStatus[RunningServer] =
                 )
                 app = build_app(HttpDeps(
                     config=config, store=store, registry=registry, metrics=metrics, tokens=tokens,
-                    hasher=hasher, authenticate=authenticate, ready=ready, reads=reads,
+                    hasher=hasher, authenticate=authenticate, ready=ready, reads=reads, cluster=link,
                 ))
                 http_stop = trio.Event()
                 ws_scope = trio.CancelScope()
@@ -171,6 +182,7 @@ async def serve(config: Config, *, task_status: trio.TaskStatus[RunningServer] =
                     http_stop.set()  # hypercorn finishes in-flight requests within its grace
                     listeners.cancel_scope.deadline = trio.current_time() + config.graceful_timeout_s
                 await registry.aclose()
+            cluster_nursery.cancel_scope.cancel()
         log.info("stopped")
     finally:
         if stopped is not None:
@@ -200,6 +212,11 @@ async def _probe(ping: Callable[[], Awaitable[None]]) -> str:
     except (ChatError, trio.TooSlowError, OSError):
         return "down"
     return "ok"
+
+
+def _bus_state(bus: Bus) -> str:
+    """The bus as /readyz reports it: "ok" while it delivers (probes come back), else "down"."""
+    return "ok" if bus.state == "ok" else "down"
 
 
 def _url_host(host: str) -> str:

@@ -7,20 +7,35 @@ the trio thread without an await in between, so the dict needs no lock.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 from .commands import Peer
 
 
 class Sessions:
-    """user -> {connection id: peer}."""
+    """user -> {connection id: peer}.
 
-    def __init__(self) -> None:
+    `on_first` / `on_last` are called (synchronously) when a user's first connection on this
+    node opens and when the last one closes: in a cluster, the node then hears, or stops
+    hearing, the direct messages other nodes commit for that user.
+    """
+
+    def __init__(
+        self,
+        on_first: Callable[[str], None] | None = None,
+        on_last: Callable[[str], None] | None = None,
+    ) -> None:
         self._by_user: dict[str, dict[str, Peer]] = {}
         self._count = 0
+        self._on_first = on_first
+        self._on_last = on_last
 
     def add(self, peer: Peer) -> None:
-        conns = self._by_user.setdefault(peer.user, {})
+        conns = self._by_user.get(peer.user)
+        if conns is None:
+            conns = self._by_user[peer.user] = {}
+            if self._on_first is not None:
+                self._on_first(peer.user)
         if peer.id not in conns:
             conns[peer.id] = peer
             self._count += 1
@@ -32,6 +47,8 @@ class Sessions:
         self._count -= 1
         if not conns:
             del self._by_user[peer.user]
+            if self._on_last is not None:
+                self._on_last(peer.user)
 
     def connections_of(self, user: str) -> Iterable[Peer]:
         conns = self._by_user.get(user)

@@ -29,6 +29,7 @@ from chat_actors.bus.events import (
     Probe,
     ReadRelay,
     RoomCreated,
+    RoomHead,
     Topic,
     TypingRelay,
     UserEvent,
@@ -61,6 +62,7 @@ __all__ = [
     "Probe",
     "ReadRelay",
     "RoomCreated",
+    "RoomHead",
     "StateChange",
     "StateListener",
     "Subscription",
@@ -105,6 +107,10 @@ class KeyValue(Protocol):
     async def hincrby(self, key: str, field: str, by: int) -> int:
         """Add ``by`` to a hash field and return the result; a field that reaches 0 or less is
         removed (atomically), so a hash holds only positive counts."""
+        ...
+
+    async def hset(self, key: str, field: str, value: str) -> None:
+        """Set one hash field (a node's own entry: only its owner writes it)."""
         ...
 
     async def hdel(self, key: str, *fields: str) -> int:

@@ -38,6 +38,7 @@ __all__ = [
     "Probe",
     "ReadRelay",
     "RoomCreated",
+    "RoomHead",
     "Topic",
     "TopicKind",
     "TypingRelay",
@@ -144,6 +145,8 @@ class PresenceRelay:
     room: str
     user: str
     status: Literal["online", "offline"]
+    #: the user's connections joined to the room on the origin node (0: in its grace period)
+    connections: int | None = None
 
 
 @attrs.frozen(slots=True)
@@ -194,6 +197,18 @@ class MembershipChanged:
 
 
 @attrs.frozen(slots=True)
+class RoomHead:
+    """``room``'s messages up to ``seq`` are stored: a node that delivered less reads the rest
+    from the store. Sent after a node's bus came back, for the messages it committed while
+    its own publishes could not go out (the other nodes' buses never went down)."""
+
+    KIND: ClassVar[str] = "head"
+    origin: str
+    room: str
+    seq: int
+
+
+@attrs.frozen(slots=True)
 class Probe:
     """The liveness probe a node publishes on its own topic and expects back (``n`` grows)."""
 
@@ -211,6 +226,7 @@ BusEvent = Union[
     GrantChanged,
     RoomCreated,
     MembershipChanged,
+    RoomHead,
     Probe,
 ]
 EVENT_TYPES: tuple[type, ...] = (
@@ -222,6 +238,7 @@ EVENT_TYPES: tuple[type, ...] = (
     GrantChanged,
     RoomCreated,
     MembershipChanged,
+    RoomHead,
     Probe,
 )
 
@@ -277,9 +294,13 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "status": _status,
     "room_kind": _text,
     "joined": _flag,
+    "connections": _count,
     "event": _event,
 }
-_OPTIONAL: dict[type, frozenset[str]] = {UserEvent: frozenset({"room", "seq"})}
+_OPTIONAL: dict[type, frozenset[str]] = {
+    UserEvent: frozenset({"room", "seq"}),
+    PresenceRelay: frozenset({"connections"}),
+}
 
 
 def _spec(cls: type) -> tuple[tuple[str, Callable[[Any], Any], bool], ...]:

@@ -64,7 +64,7 @@ class LocalKeyValue:
 
     def __init__(self) -> None:
         self._values: dict[str, tuple[str, float]] = {}
-        self._hashes: dict[str, dict[str, int]] = {}
+        self._hashes: dict[str, dict[str, int | str]] = {}
         self._hash_expiry: dict[str, float] = {}
         self._writes = 0
 
@@ -138,7 +138,7 @@ class LocalKeyValue:
         fields = self._hash(key)
         if fields is None:
             fields = self._hashes[key] = {}
-        value = fields.get(field, 0) + by
+        value = int(fields.get(field, 0)) + by
         if value <= 0:
             fields.pop(field, None)
             if not fields:
@@ -147,6 +147,14 @@ class LocalKeyValue:
         else:
             fields[field] = value
         return value
+
+    async def hset(self, key: str, field: str, value: str) -> None:
+        await trio.lowlevel.checkpoint()
+        self._sweep()
+        fields = self._hash(key)
+        if fields is None:
+            fields = self._hashes[key] = {}
+        fields[field] = value
 
     async def hdel(self, key: str, *fields: str) -> int:
         await trio.lowlevel.checkpoint()

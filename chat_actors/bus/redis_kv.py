@@ -85,6 +85,9 @@ class RedisKeyValue:
         )
         return int(result)  # type: ignore[call-overload]
 
+    async def hset(self, key: str, field: str, value: str) -> None:
+        await self._call("HSET", lambda c: c.hset(self._key(key), {field: value}))
+
     async def hdel(self, key: str, *fields: str) -> int:
         if not fields:
             return 0

@@ -305,6 +305,10 @@ async def test_key_value_surface_for_presence(harness: Harness) -> None:
         assert await kv.hdel("presence:lobby", "bob|n2", "nobody") == 1
         assert await kv.hgetall("presence:lobby") == {}
         assert await kv.hgetall("presence:nowhere") == {}
+        await kv.hset("presence:lobby", "cy|n3", "4")
+        await kv.hset("presence:lobby", "cy|n3", "2")         # a set, not an increment
+        assert await kv.hgetall("presence:lobby") == {"cy|n3": "2"}
+        assert await kv.hdel("presence:lobby", "cy|n3") == 1
 
         await kv.hincrby("presence:x", "u|n", 1)
         assert await kv.expire("presence:x", 10)

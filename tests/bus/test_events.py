@@ -19,6 +19,7 @@ from chat_actors.bus.events import (
     Probe,
     ReadRelay,
     RoomCreated,
+    RoomHead,
     Topic,
     TypingRelay,
     UserEvent,
@@ -41,7 +42,8 @@ any_event = st.one_of(
     st.builds(MessageCommitted, names, names, counts, wire_events),
     st.builds(TypingRelay, names, names, names),
     st.builds(ReadRelay, names, names, names, counts),
-    st.builds(PresenceRelay, names, names, names, st.sampled_from(["online", "offline"])),
+    st.builds(PresenceRelay, names, names, names, st.sampled_from(["online", "offline"]), st.none() | counts),
+    st.builds(RoomHead, names, names, counts),
     st.builds(UserEvent, names, names, wire_events, st.none() | names, st.none() | counts),
     st.builds(GrantChanged, names, names, names),
     st.builds(RoomCreated, names, names, st.sampled_from(["public", "private", "direct"])),
@@ -51,7 +53,7 @@ any_event = st.one_of(
 
 
 def test_every_record_kind_is_covered() -> None:
-    assert len({cls.KIND for cls in EVENT_TYPES}) == len(EVENT_TYPES) == 9  # type: ignore[attr-defined]
+    assert len({cls.KIND for cls in EVENT_TYPES}) == len(EVENT_TYPES) == 10  # type: ignore[attr-defined]
 
 
 @given(any_event)

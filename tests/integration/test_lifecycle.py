@@ -36,7 +36,8 @@ async def test_welcome_shape(server):
     token = await server.user("alice")
     async with server.connect(token, synced=False) as c:
         w = c.welcome
-        assert set(w) == {"type", "user", "session", "server", "heartbeat", "limits", "rooms"}, w
+        assert set(w) == {"type", "user", "session", "server", "heartbeat", "limits", "rooms", "node"}, w
+        assert isinstance(w["node"], str) and w["node"]      # CHAT_NODE_ID, or host name + pid
         assert w["user"] == "alice"
         assert isinstance(w["session"], str) and w["session"]
         assert w["server"] == f"chat-actors/{chat_actors.__version__}"

@@ -1,0 +1,274 @@
+"""This node's side of a cluster: what the room actors tell the bus, and what the bus tells them.
+
+Why a module of its own: room actors stay about one room. They call the synchronous,
+never-blocking publishers here (`message`, `typing`, `read`, `presence`, `head`); events
+from other nodes come back through one handler per topic kind and reach the room's actor
+as a `RemoteCmd` in its inbox, so the actor is still the only code that touches its state.
+The bus may lose anything (PROTOCOL section 9, `chat_actors.bus`): whenever a loss is
+possible (the bus came back, a queue dropped an event, an inbox was full) the affected
+rooms get a `CatchUpCmd` and read what they missed from the store.
+
+Presence across nodes (docs/design.md): each node announces its own users per room (their
+joined connections on this node) on the room's topic and keeps the same figure in the
+room's Redis hash `presence:<room>`, field `<user>|<instance>`, from which a room actor
+that starts reads the snapshot. An instance is the node id plus a random suffix per
+process, so a node restarted under the same CHAT_NODE_ID never inherits the entries of its
+previous life. Each instance holds a lease `lease:<instance>` (CHAT_NODE_LEASE, renewed
+every third of it); when one lapses, every room forgets that instance's users after the
+grace period.
+
+A single node (`local://`) runs no link at all: nobody else could hear it, and the hot
+path pays nothing for the cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+from typing import TYPE_CHECKING
+
+import trio
+
+from .bus import (
+    Bus,
+    BusEvent,
+    BusUnavailable,
+    GrantChanged,
+    MessageCommitted,
+    PresenceRelay,
+    ReadRelay,
+    RoomHead,
+    StateChange,
+    Subscription,
+    Topic,
+    TypingRelay,
+)
+from .commands import CatchUpCmd, GrantCmd, NodeGoneCmd, RemoteCmd
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
+    from .registry import Registry
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ClusterLink", "instance_id"]
+
+#: Presence writes waiting for Redis; beyond it they are dropped and a full re-announce
+#: follows (the newest state is what matters, not every step).
+KV_QUEUE = 10_000
+#: How often the counters of dropped bus events are looked at.
+DROP_CHECK_S = 1.0
+#: The longest a starting room actor waits for its presence snapshot.
+SNAPSHOT_TIMEOUT_S = 1.0
+
+
+def instance_id(node_id: str) -> str:
+    """The bus identity of this process: the node id plus a suffix unique to this process."""
+    return f"{node_id}.{secrets.token_hex(3)}"
+
+
+def _presence_key(room: str) -> str:
+    return f"presence:{room}"
+
+
+class ClusterLink:
+    """See the module docstring. `run` owns the link's tasks; `bind` gives it the registry."""
+
+    def __init__(self, bus: Bus, *, node_id: str, lease_s: float, metrics: Metrics) -> None:
+        self.bus = bus
+        self.node_id = node_id
+        self.instance = bus.node_id
+        self.lease_s = lease_s
+        self._metrics = metrics
+        self._registry: Registry | None = None
+        self._user_subs: dict[str, Subscription] = {}
+        self._kv_send, self._kv_receive = trio.open_memory_channel[tuple[str, str, int | None]](KV_QUEUE)
+        #: other instances seen in presence: checked for their lease
+        self._known: set[str] = set()
+        self._dead: set[str] = set()
+        self._catch_up = trio.Event()
+        self._stop_watch = lambda: None
+
+    def bind(self, registry: Registry) -> None:
+        self._registry = registry
+
+    # -- lifetime ---------------------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Subscribe the cluster topic and run the lease, presence writer and loss watchers
+        until cancelled (the server cancels it after the rooms have stopped)."""
+        cluster = self.bus.subscribe(Topic.cluster(), self._on_cluster_event)
+        self._stop_watch = self.bus.watch_state(self._on_state)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._lease_loop)
+                nursery.start_soon(self._kv_writer)
+                nursery.start_soon(self._loss_watch)
+                task_status.started()
+        finally:
+            self._stop_watch()
+            cluster.close()
+            for sub in self._user_subs.values():
+                sub.close()
+            self._user_subs.clear()
+
+    # -- subscriptions ----------------------------------------------------------------------------
+    def subscribe_room(self, room: str) -> Subscription:
+        """A room actor's subscription to its room's topic (closed when the actor stops)."""
+        return self.bus.subscribe(Topic.room(room), self._on_room_event)
+
+    def user_connected(self, user: str) -> None:
+        """The user's first connection on this node: hear the direct messages others commit."""
+        if user not in self._user_subs:
+            self._user_subs[user] = self.bus.subscribe(Topic.user(user), self._on_user_event)
+
+    def user_disconnected(self, user: str) -> None:
+        sub = self._user_subs.pop(user, None)
+        if sub is not None:
+            sub.close()
+
+    # -- publishing (synchronous, never blocking; a refused publish is a possible loss) ------------
+    def _publish(self, topic: Topic, event: BusEvent) -> None:
+        if not self.bus.publish(topic, event):
+            self._catch_up.set()    # ours may be missing elsewhere: announce heads when back
+
+    def message(self, room: str, seq: int, event_json: bytes, participants: tuple[str, str] | None) -> None:
+        """A message this node committed (its wire JSON); direct rooms reach both users' topics."""
+        event = MessageCommitted(self.instance, room, seq, event_json)
+        self._publish(Topic.room(room), event)
+        if participants is not None:
+            self._publish(Topic.user(participants[0]), event)
+            self._publish(Topic.user(participants[1]), event)
+
+    def head(self, room: str, seq: int, participants: tuple[str, str] | None) -> None:
+        event = RoomHead(self.instance, room, seq)
+        self._publish(Topic.room(room), event)
+        if participants is not None:
+            self._publish(Topic.user(participants[0]), event)
+            self._publish(Topic.user(participants[1]), event)
+
+    def typing(self, room: str, user: str) -> None:
+        self.bus.publish(Topic.room(room), TypingRelay(self.instance, room, user))
+
+    def read(self, room: str, user: str, seq: int) -> None:
+        self.bus.publish(Topic.room(room), ReadRelay(self.instance, room, user, seq))
+
+    def grant(self, room: str, user: str) -> None:
+        self.bus.publish(Topic.cluster(), GrantChanged(self.instance, room, user))
+
+    def presence(self, room: str, user: str, connections: int | None) -> None:
+        """This node's figure for `user` in `room` changed: `connections` joined here (0:
+        inside the grace period), None: gone from this node."""
+        status = "offline" if connections is None else "online"
+        self.bus.publish(Topic.room(room), PresenceRelay(self.instance, room, user, status, connections))
+        try:
+            self._kv_send.send_nowait((room, user, connections))
+        except trio.WouldBlock:
+            self._catch_up.set()    # the hash is behind: rewrite it from the actors
+
+    # -- presence ---------------------------------------------------------------------------------
+    def saw_instance(self, instance: str) -> bool:
+        """Note another instance's presence; False when its lease is known to be gone."""
+        if instance in self._dead:
+            return False
+        if instance != self.instance:
+            self._known.add(instance)
+        return True
+
+    async def presence_snapshot(self, room: str) -> dict[str, dict[str, int]]:
+        """The other live instances' users in `room` ({} when the bus does not answer soon)."""
+        if self.bus.state != "ok":
+            return {}
+        entries: dict[str, dict[str, int]] = {}
+        with trio.move_on_after(SNAPSHOT_TIMEOUT_S):
+            try:
+                fields = await self.bus.kv.hgetall(_presence_key(room))
+            except BusUnavailable:
+                return {}
+            for field, value in fields.items():
+                user, sep, instance = field.rpartition("|")
+                if not sep or instance == self.instance or not self.saw_instance(instance):
+                    continue
+                try:
+                    count = int(value)
+                except ValueError:
+                    continue
+                entries.setdefault(user, {})[instance] = max(count, 0)
+        return entries
+
+    async def _kv_writer(self) -> None:
+        kv = self.bus.kv
+        async for room, user, connections in self._kv_receive:
+            field = f"{user}|{self.instance}"
+            try:
+                if connections is None:
+                    await kv.hdel(_presence_key(room), field)
+                else:
+                    await kv.hset(_presence_key(room), field, str(connections))
+            except BusUnavailable:
+                self._catch_up.set()    # rewritten from the actors once the bus is back
+
+    async def _lease_loop(self) -> None:
+        """Renew this instance's lease every third of it; find the instances whose lapsed."""
+        kv = self.bus.kv
+        period = self.lease_s / 3
+        while True:
+            try:
+                await kv.set(f"lease:{self.instance}", self.node_id, ttl_s=self.lease_s)
+                self._metrics.lease_renewals.inc()
+                for instance in sorted(self._known):
+                    if await kv.get(f"lease:{instance}") is None:
+                        await self._forget(instance)
+            except BusUnavailable as exc:
+                log.debug("lease renewal: %s", exc)
+            await trio.sleep(period)
+
+    async def _forget(self, instance: str) -> None:
+        log.info("node instance %s: lease gone, its users leave after the grace period", instance)
+        self._known.discard(instance)
+        self._dead.add(instance)
+        if self._registry is not None:
+            await self._registry.broadcast(lambda: NodeGoneCmd(instance))
+
+    # -- what other nodes say --------------------------------------------------------------------
+    def _on_room_event(self, event: BusEvent) -> None:
+        if event.origin == self.instance or self._registry is None:
+            return
+        room = getattr(event, "room", None)
+        if room is not None:
+            self._registry.offer(room, RemoteCmd(event))
+
+    def _on_user_event(self, event: BusEvent) -> None:
+        """A direct room's message or head: its actor here fans out to this node's devices."""
+        if event.origin == self.instance or self._registry is None:
+            return
+        if isinstance(event, (MessageCommitted, RoomHead)):
+            start = event.seq - 1 if isinstance(event, MessageCommitted) else None
+            self._registry.offer(event.room, RemoteCmd(event), spawn=True, start_below=start)
+
+    def _on_cluster_event(self, event: BusEvent) -> None:
+        if event.origin == self.instance or self._registry is None:
+            return
+        if isinstance(event, GrantChanged):
+            self._registry.offer(event.room, GrantCmd(event.user))
+
+    # -- losses -------------------------------------------------------------------------------------
+    def _on_state(self, change: StateChange) -> None:
+        log.warning("bus %s%s", change.state, f" ({change.reason})" if change.reason else "")
+        if change.reconnected:
+            self._catch_up.set()
+
+    async def _loss_watch(self) -> None:
+        """Every active room catches up after anything that may have lost events."""
+        last = math.inf
+        while True:
+            with trio.move_on_after(DROP_CHECK_S):
+                await self._catch_up.wait()
+            stats = self.bus.statistics()
+            dropped = stats.receive_dropped + stats.malformed
+            if dropped > last:
+                self._catch_up.set()
+            last = dropped
+            if self._catch_up.is_set() and self.bus.state == "ok" and self._registry is not None:
+                self._catch_up = trio.Event()
+                await self._registry.broadcast(CatchUpCmd)
