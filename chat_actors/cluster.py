@@ -83,7 +83,10 @@ class ClusterLink:
         self._metrics = metrics
         self._registry: Registry | None = None
         self._user_subs: dict[str, Subscription] = {}
-        self._kv_send, self._kv_receive = trio.open_memory_channel[tuple[str, str, int | None]](KV_QUEUE)
+        #: (hash key, field, value or None to delete): this instance's entries, in order
+        self._kv_send, self._kv_receive = trio.open_memory_channel[tuple[str, str, str | None]](KV_QUEUE)
+        #: user -> this node's open connections, as last written to `conns:<user>`
+        self._conns: dict[str, int] = {}
         #: other instances seen in presence: checked for their lease
         self._known: set[str] = set()
         self._dead: set[str] = set()
@@ -127,25 +130,60 @@ class ClusterLink:
         if sub is not None:
             sub.close()
 
+    # -- connections per user, cluster-wide (PROTOCOL section 2) ----------------------------------
+    def connections_changed(self, user: str, count: int) -> None:
+        """This node now holds `count` connections of `user` (kept in `conns:<user>`)."""
+        if count:
+            self._conns[user] = count
+        else:
+            self._conns.pop(user, None)
+        self._write(f"conns:{user}", self.instance, str(count) if count else None)
+
+    async def connections_elsewhere(self, user: str) -> int:
+        """The user's connections on the other live nodes (0 when the bus does not answer
+        soon: the cap then holds per node, never refusing for want of Redis)."""
+        if self.bus.state != "ok":
+            return 0
+        total = 0
+        with trio.move_on_after(SNAPSHOT_TIMEOUT_S):
+            try:
+                fields = await self.bus.kv.hgetall(f"conns:{user}")
+            except BusUnavailable:
+                return 0
+            for instance, value in fields.items():
+                if instance != self.instance and self.saw_instance(instance) and value.isdigit():
+                    total += int(value)
+        return total
+
+    def _write(self, key: str, field: str, value: str | None) -> None:
+        try:
+            self._kv_send.send_nowait((key, field, value))
+        except trio.WouldBlock:
+            self._catch_up.set()    # the hashes are behind: rewritten at the next catch-up
+
     # -- publishing (synchronous, never blocking; a refused publish is a possible loss) ------------
-    def _publish(self, topic: Topic, event: BusEvent) -> None:
-        if not self.bus.publish(topic, event):
-            self._catch_up.set()    # ours may be missing elsewhere: announce heads when back
+    def _publish(self, topic: Topic, event: BusEvent) -> bool:
+        if self.bus.publish(topic, event):
+            return True
+        self._catch_up.set()        # ours may be missing elsewhere: announce heads when back
+        return False
 
-    def message(self, room: str, seq: int, event_json: bytes, participants: tuple[str, str] | None) -> None:
-        """A message this node committed (its wire JSON); direct rooms reach both users' topics."""
-        event = MessageCommitted(self.instance, room, seq, event_json)
-        self._publish(Topic.room(room), event)
-        if participants is not None:
-            self._publish(Topic.user(participants[0]), event)
-            self._publish(Topic.user(participants[1]), event)
+    def _publish_room(self, room: str, event: BusEvent, participants: tuple[str, str] | None) -> bool:
+        ok = self._publish(Topic.room(room), event)
+        if participants is not None:        # a direct room: both users' devices, wherever
+            ok = self._publish(Topic.user(participants[0]), event) and ok
+            ok = self._publish(Topic.user(participants[1]), event) and ok
+        return ok
 
-    def head(self, room: str, seq: int, participants: tuple[str, str] | None) -> None:
-        event = RoomHead(self.instance, room, seq)
-        self._publish(Topic.room(room), event)
-        if participants is not None:
-            self._publish(Topic.user(participants[0]), event)
-            self._publish(Topic.user(participants[1]), event)
+    def message(self, room: str, seq: int, event_json: bytes, participants: tuple[str, str] | None) -> bool:
+        """A message this node committed (its wire JSON); False when it could not go out (the
+        room then announces its head at the next catch-up)."""
+        return self._publish_room(room, MessageCommitted(self.instance, room, seq, event_json), participants)
+
+    def head(self, room: str, seq: int, participants: tuple[str, str] | None, since: int | None = None) -> None:
+        """The room's messages up to `seq` are stored; `since`: this node's publishes failed
+        after that seq."""
+        self._publish_room(room, RoomHead(self.instance, room, seq, since), participants)
 
     def typing(self, room: str, user: str) -> None:
         self.bus.publish(Topic.room(room), TypingRelay(self.instance, room, user))
@@ -161,10 +199,7 @@ class ClusterLink:
         inside the grace period), None: gone from this node."""
         status = "offline" if connections is None else "online"
         self.bus.publish(Topic.room(room), PresenceRelay(self.instance, room, user, status, connections))
-        try:
-            self._kv_send.send_nowait((room, user, connections))
-        except trio.WouldBlock:
-            self._catch_up.set()    # the hash is behind: rewrite it from the actors
+        self._write(_presence_key(room), f"{user}|{self.instance}", None if connections is None else str(connections))
 
     # -- presence ---------------------------------------------------------------------------------
     def saw_instance(self, instance: str) -> bool:
@@ -198,15 +233,14 @@ class ClusterLink:
 
     async def _kv_writer(self) -> None:
         kv = self.bus.kv
-        async for room, user, connections in self._kv_receive:
-            field = f"{user}|{self.instance}"
+        async for key, field, value in self._kv_receive:
             try:
-                if connections is None:
-                    await kv.hdel(_presence_key(room), field)
+                if value is None:
+                    await kv.hdel(key, field)
                 else:
-                    await kv.hset(_presence_key(room), field, str(connections))
+                    await kv.hset(key, field, value)
             except BusUnavailable:
-                self._catch_up.set()    # rewritten from the actors once the bus is back
+                self._catch_up.set()    # rewritten once the bus is back
 
     async def _lease_loop(self) -> None:
         """Renew this instance's lease every third of it; find the instances whose lapsed."""
@@ -243,7 +277,7 @@ class ClusterLink:
         if event.origin == self.instance or self._registry is None:
             return
         if isinstance(event, (MessageCommitted, RoomHead)):
-            start = event.seq - 1 if isinstance(event, MessageCommitted) else None
+            start = event.seq - 1 if isinstance(event, MessageCommitted) else event.since
             self._registry.offer(event.room, RemoteCmd(event), spawn=True, start_below=start)
 
     def _on_cluster_event(self, event: BusEvent) -> None:
@@ -271,4 +305,6 @@ class ClusterLink:
             last = dropped
             if self._catch_up.is_set() and self.bus.state == "ok" and self._registry is not None:
                 self._catch_up = trio.Event()
+                for user, count in list(self._conns.items()):
+                    self._write(f"conns:{user}", self.instance, str(count))
                 await self._registry.broadcast(CatchUpCmd)

@@ -113,6 +113,8 @@ class RoomActor:
         self._loaded = False
         #: set by the registry when a bus event found the inbox full
         self.lost_events = False
+        #: the first seq this node committed but could not publish (told at the next catch-up)
+        self._unpublished: int | None = None
         self._cmds: list[PublishCmd] = []
         self._msgs: list[NewMessage] = []
         #: answers that must wait until this drain's membership/cursor changes are committed,
@@ -495,7 +497,9 @@ class RoomActor:
         for change in state.remote_snapshot(await link.presence_snapshot(self.name)):
             self._broadcast(encode_event(change), durable=False)
         if self._loaded:
-            link.head(self.name, self.seq.delivered, state.participants)
+            since = None if self._unpublished is None else self._unpublished - 1
+            self._unpublished = None
+            link.head(self.name, self.seq.delivered, state.participants, since)
 
     async def _node_gone(self, cmd: NodeGoneCmd) -> None:
         self.state.node_gone(cmd.instance, trio.current_time())
@@ -581,8 +585,9 @@ class RoomActor:
                 fresh.append((encode_text_frame(payload), res.seq, cmd.peer))
                 if not res.duplicate:
                     stored += 1
-                    if link is not None:
-                        link.message(self.name, res.seq, payload, participants)
+                    if link is not None and not link.message(self.name, res.seq, payload, participants) \
+                            and self._unpublished is None:
+                        self._unpublished = res.seq
             if cmd.reply is not None:
                 cmd.reply.set(PublishResult(seq=res.seq, ts=res.ts, duplicate=res.duplicate))
             elif cmd.peer is not None:

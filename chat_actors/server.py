@@ -111,7 +111,8 @@ async def serve(config: Config, *, task_status: trio.TaskStatus[RunningServer] =
                 trio.open_nursery() as cluster_nursery:
             link = ClusterLink(bus, node_id=node_id, lease_s=config.node_lease_s, metrics=metrics) \
                 if clustered else None
-            sessions = Sessions(link.user_connected, link.user_disconnected) if link else Sessions()
+            sessions = Sessions(link.user_connected, link.user_disconnected, link.connections_changed) \
+                if link else Sessions()
             metrics.bind_bus(bus.statistics, lambda: bus.state)
             if link is not None:
                 await cluster_nursery.start(link.run)
@@ -146,7 +147,8 @@ async def serve(config: Config, *, task_status: trio.TaskStatus[RunningServer] =
                         heartbeat_s=config.heartbeat_s, handshake_timeout_s=config.handshake_timeout_s,
                         allowed_origins=config.allowed_origins,
                     ),
-                    authenticate=partial(_admit_upgrade, authenticate, sessions, config.max_connections_per_user),
+                    authenticate=partial(_admit_upgrade, authenticate, sessions, config.max_connections_per_user,
+                                         link),
                 )
                 app = build_app(HttpDeps(
                     config=config, store=store, registry=registry, metrics=metrics, tokens=tokens,
@@ -189,10 +191,15 @@ async def serve(config: Config, *, task_status: trio.TaskStatus[RunningServer] =
             stopped._stopped.set()
 
 
-async def _admit_upgrade(authenticate: Authenticator, sessions: Sessions, cap: int, token: str) -> Claims:
-    """The upgrade's token check, plus the per-user connection cap: 429 instead of a 101."""
+async def _admit_upgrade(authenticate: Authenticator, sessions: Sessions, cap: int, link: ClusterLink | None,
+                         token: str) -> Claims:
+    """The upgrade's token check, plus the per-user connection cap (cluster-wide: the other
+    nodes' counts come from Redis): 429 instead of a 101."""
     claims = await authenticate(token)
-    if sessions.count(claims.user) >= cap:
+    count = sessions.count(claims.user)
+    if count < cap and link is not None:
+        count += await link.connections_elsewhere(claims.user)
+    if count >= cap:
         raise RateLimited(f"{claims.user} has {cap} connections open already (the most allowed)")
     return claims
 

@@ -206,6 +206,9 @@ class RoomHead:
     origin: str
     room: str
     seq: int
+    #: the origin could not publish its messages after this seq (a direct room's actor
+    #: started for this event delivers from there to the users' devices)
+    since: int | None = None
 
 
 @attrs.frozen(slots=True)
@@ -290,6 +293,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "room": _text,
     "user": _text,
     "seq": _count,
+    "since": _count,
     "n": _count,
     "status": _status,
     "room_kind": _text,
@@ -300,6 +304,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
 _OPTIONAL: dict[type, frozenset[str]] = {
     UserEvent: frozenset({"room", "seq"}),
     PresenceRelay: frozenset({"connections"}),
+    RoomHead: frozenset({"since"}),
 }
 
 

@@ -43,7 +43,7 @@ any_event = st.one_of(
     st.builds(TypingRelay, names, names, names),
     st.builds(ReadRelay, names, names, names, counts),
     st.builds(PresenceRelay, names, names, names, st.sampled_from(["online", "offline"]), st.none() | counts),
-    st.builds(RoomHead, names, names, counts),
+    st.builds(RoomHead, names, names, counts, st.none() | counts),
     st.builds(UserEvent, names, names, wire_events, st.none() | names, st.none() | counts),
     st.builds(GrantChanged, names, names, names),
     st.builds(RoomCreated, names, names, st.sampled_from(["public", "private", "direct"])),
