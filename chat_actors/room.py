@@ -46,7 +46,7 @@ from .commands import (
 )
 from .errors import ChatError, CloseCode, Forbidden, Internal, NotFound, TooLarge, Unavailable
 from .metrics import Metrics
-from .transport import encode_text_frame
+from .frames import encode_text_frame
 from .protocol import encode_event, message_from_stored, message_json
 from .records import Ack, Left, Message, PresenceList, PresenceMember, ReadEvent, TypingEvent
 from .room_state import RoomState

@@ -8,8 +8,10 @@ writable. The connection is the single writer of its socket: pongs, pings and th
 take the same path, so bytes never interleave and a partially written frame is finished first.
 
 wsproto parses inbound frames, does the close handshake and writes control frames, so its
-state machine stays consistent. Outbound data frames are encoded here (`encode_text_frame`)
-once per event; wsproto does not track outbound data, so they are just bytes to it.
+state machine stays consistent. Outbound data frames are encoded once per event by
+`frames.encode_text_frame`; wsproto does not track outbound data, so they are just bytes to
+it. Small inbound text, ping and pong frames are parsed by `frames.parse_client_frames` until
+the first frame it leaves to wsproto; from then on wsproto sees every byte.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from __future__ import annotations
 import logging
 import secrets
 import socket
-import struct
 from collections import deque
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -30,6 +31,7 @@ from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
 from .errors import CloseCode
+from .frames import encode_text_frame, parse_client_frames
 from .mailbox import Mailbox
 from .ws_handshake import (
     Authenticate,
@@ -41,7 +43,7 @@ from .ws_handshake import (
 )
 
 __all__ = ["Authenticate", "ConnectionClosed", "Handshake", "TransportSettings", "WebSocket",
-           "WsServer", "encode_binary_frame", "encode_text_frame"]
+           "WsServer"]
 
 log = logging.getLogger(__name__)
 
@@ -53,32 +55,9 @@ _OPEN = ConnectionState.OPEN
 _REMOTE_CLOSING = ConnectionState.REMOTE_CLOSING
 _LOCAL_CLOSING = ConnectionState.LOCAL_CLOSING
 _CLOSED = ConnectionState.CLOSED
-_MID = struct.Struct("!BBH").pack
-_LONG = struct.Struct("!BBQ").pack
-_SHORT_TEXT = [bytes((0x81, n)) for n in range(126)]
-_SHORT_BINARY = [bytes((0x82, n)) for n in range(126)]
 # Shared by every connection with nothing queued (an empty deque costs ~760 bytes); it is
 # only ever cleared, never appended to: _queue_rest gives a connection its own first.
 _NO_BACKLOG: deque[bytes | memoryview] = deque()
-
-
-def _encode(short: list[bytes], first: int, payload: bytes) -> bytes:
-    n = len(payload)
-    if n < 126:
-        return short[n] + payload
-    if n < 65536:
-        return _MID(first, 126, n) + payload
-    return _LONG(first, 127, n) + payload
-
-
-def encode_text_frame(payload: bytes) -> bytes:
-    """One complete unmasked FIN text frame. Done once per event; the bytes serve every member."""
-    return _encode(_SHORT_TEXT, 0x81, payload)
-
-
-def encode_binary_frame(payload: bytes) -> bytes:
-    """One complete unmasked FIN binary frame (the chat protocol itself only sends text)."""
-    return _encode(_SHORT_BINARY, 0x82, payload)
 
 
 @attrs.frozen
@@ -507,63 +486,26 @@ class WebSocket:
         self._last_rx = trio.current_time()
 
     async def _feed_fast(self, data: bytes) -> bytes:
-        """Complete, unfragmented, masked text, ping and pong frames, parsed here.
+        """Take what `parse_client_frames` parses; return what goes to wsproto (b"" if none).
 
-        Chat clients send little else, and wsproto's pure-Python parser costs several times
-        more per small frame. At the first frame of any other kind (close, binary,
-        continuation, RSV bits, unmasked, a 64-bit or non-minimal 16-bit length, a control
-        frame over 125 bytes, over max_frame_bytes, invalid UTF-8) the rest goes to wsproto,
-        and so does everything after it on this connection: wsproto sees complete frames in
-        order, the text frames it did not see leave no state in it, and whatever it refuses
-        is answered by wsproto (1002, 1007), never accepted here.
-        A frame cut by the end of a read waits for the next one.
+        A frame cut by the end of a read waits for the next one. Once the parser hands a
+        frame to wsproto, `_slow` sends every later byte of the connection there too.
         """
         if self._rx_pending:
             data = self._rx_pending + data
+        messages, rest, fallback = parse_client_frames(data, self._settings.max_frame_bytes)
+        if fallback:
+            self._slow = True
             self._rx_pending = b""
-        pos, end_all = 0, len(data)
-        limit = self._settings.max_frame_bytes
-        while end_all - pos >= 2:
-            b0 = data[pos]
-            b1 = data[pos + 1]
-            length = b1 & 0x7F
-            head = pos + 2
-            if length == 126:
-                if end_all - pos < 4:
-                    break
-                length = (data[pos + 2] << 8) | data[pos + 3]
-                if length < 126:        # not the minimal encoding: wsproto answers it (1002)
-                    self._slow = True
-                    return data[pos:]
-                head = pos + 4
-            if not b1 & 0x80 or length == 127 or (
-                    length > limit if b0 == 0x81 else (b0 != 0x89 and b0 != 0x8A) or length > 125):
-                self._slow = True
-                return data[pos:]
-            end = head + 4 + length
-            if end > end_all:
-                break
-            payload = data[head + 4:end]
-            if length:
-                mask = data[head:head + 4] * (length // 4 + 1)
-                payload = (int.from_bytes(payload, "little")
-                           ^ int.from_bytes(mask[:length], "little")).to_bytes(length, "little")
-            if b0 == 0x81:
-                try:
-                    text = payload.decode()
-                except UnicodeDecodeError:
-                    self._slow = True       # wsproto answers it with 1007
-                    return data[pos:]
-                pos = end
+        else:
+            self._rx_pending, rest = rest, b""
+        for message in messages:
+            if type(message) is str:
                 if self._open:
-                    await self._hand_over(text)
-            else:
-                pos = end
-                if b0 == 0x89 and self._ws.state is _OPEN:
-                    self.deliver(self._ws.send(Pong(payload)), durable=False)
-        if pos < end_all:
-            self._rx_pending = data[pos:]
-        return b""
+                    await self._hand_over(message)
+            elif self._ws.state is _OPEN:   # a ping's payload
+                self.deliver(self._ws.send(Pong(message)), durable=False)
+        return rest
 
     async def _hand_over(self, message: str | bytes) -> None:
         try:
