@@ -151,7 +151,7 @@ class ClusterLink:
             except BusUnavailable:
                 return 0
             for instance, value in fields.items():
-                if instance != self.instance and self.saw_instance(instance) and value.isdigit():
+                if instance != self.instance and value.isdigit() and await self._alive(instance):
                     total += int(value)
         return total
 
@@ -215,21 +215,36 @@ class ClusterLink:
         if self.bus.state != "ok":
             return {}
         entries: dict[str, dict[str, int]] = {}
+        key = _presence_key(room)
         with trio.move_on_after(SNAPSHOT_TIMEOUT_S):
             try:
-                fields = await self.bus.kv.hgetall(_presence_key(room))
+                fields = await self.bus.kv.hgetall(key)
+                stale: list[str] = []
+                for field, value in fields.items():
+                    user, sep, instance = field.rpartition("|")
+                    if not sep or instance == self.instance or not value.isdigit():
+                        continue
+                    if await self._alive(instance):
+                        entries.setdefault(user, {})[instance] = int(value)
+                    else:
+                        stale.append(field)
+                if stale:               # a dead instance's leftovers: nobody else removes them
+                    await self.bus.kv.hdel(key, *stale)
             except BusUnavailable:
                 return {}
-            for field, value in fields.items():
-                user, sep, instance = field.rpartition("|")
-                if not sep or instance == self.instance or not self.saw_instance(instance):
-                    continue
-                try:
-                    count = int(value)
-                except ValueError:
-                    continue
-                entries.setdefault(user, {})[instance] = max(count, 0)
         return entries
+
+    async def _alive(self, instance: str) -> bool:
+        """Whether another instance holds its lease (asked once, then watched by the lease loop)."""
+        if instance in self._dead:
+            return False
+        if instance in self._known:
+            return True
+        if await self.bus.kv.get(f"lease:{instance}") is None:
+            self._dead.add(instance)
+            return False
+        self._known.add(instance)
+        return True
 
     async def _kv_writer(self) -> None:
         kv = self.bus.kv
