@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import shlex
+import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -17,8 +19,10 @@ from bench.procs import Processes, raise_fd_limit
 from bench.report import machine, write
 from bench.runner import Context, done_line
 from bench.scenarios import SCENARIOS
+from bench.stores import REDIS_URL, PostgresDatabases, Redis, is_postgres, redacted
 
 ORDER = ["fanout", "rooms", "dm", "idle", "connect", "ingest"]
+CLUSTERED = ("fanout", "rooms", "ingest")      # the scenarios --nodes applies to
 
 
 def _numbers(text: str) -> list[float]:
@@ -34,7 +38,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--peer", choices=("node", "none"), default="node",
                    help="run the Node.js ws reference peer in the same invocation (default node)")
     p.add_argument("--store", metavar="URL", help="CHAT_STORE for the server under test "
-                   "(default: SQLite in a temporary directory)")
+                   "(default: SQLite in a temporary directory); postgresql://USER@HOST:PORT/DB names a "
+                   "maintenance database: every server start gets a fresh database, dropped afterwards")
+    p.add_argument("--nodes", type=int, default=1, metavar="N",
+                   help="fanout, rooms, ingest: also run ours as a cluster of N nodes (PostgreSQL store, "
+                   f"Redis bus at {REDIS_URL}), beside one node, in the same run (default 1: one node only)")
     p.add_argument("--out", metavar="DIR", type=Path, default=Path("bench/results"),
                    help="where the JSON, Markdown and PNG files go (default bench/results)")
     p.add_argument("--profile", action="store_true",
@@ -56,15 +64,50 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_services(p: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """Refuse, before anything starts, what cannot run: --nodes without PostgreSQL, a
+    PostgreSQL or Redis that does not answer. Returns lines describing the services."""
+    about = []
+    if args.nodes < 1:
+        p.error("--nodes must be at least 1")
+    if args.nodes > 1 and not is_postgres(args.store):
+        p.error(f"--nodes {args.nodes} needs --store postgresql://USER@HOST:PORT/DB (a maintenance database "
+                "on the PostgreSQL server the nodes share): the nodes of a cluster share one PostgreSQL "
+                f"store, and {'SQLite (the default)' if not args.store else repr(args.store)} cannot be shared "
+                "between processes")
+    if is_postgres(args.store):
+        try:
+            version = PostgresDatabases(args.store).check()
+        except Exception as exc:
+            p.error(f"--store {redacted(args.store)}: PostgreSQL does not answer: {type(exc).__name__}: {exc}")
+        about.append(f"PostgreSQL {version} at {redacted(args.store)}: a fresh database per server start, "
+                     "dropped when it stops")
+    if args.nodes > 1:
+        try:
+            with Redis(REDIS_URL, timeout=3) as r:
+                r.call("PING")
+        except Exception as exc:
+            p.error(f"--nodes {args.nodes}: Redis at {REDIS_URL} does not answer: {type(exc).__name__}: {exc}")
+        about.append(f"Redis at {REDIS_URL}: a fresh key prefix per cluster, its keys deleted when it stops")
+    return about
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt      # the same clean-up as Ctrl-C: children, databases, Redis keys
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
     names = ORDER if "all" in args.scenarios else list(dict.fromkeys(args.scenarios))
+    services = _check_services(p, args)
     raise_fd_limit()
     params = {k: getattr(args, k) for k in ("connections", "rooms", "members", "rates", "duration", "users",
                                              "storm", "senders", "pairs")}
-    procs = Processes()
+    procs = Processes(nodes=args.nodes)
     ctx = Context(procs=procs, quick=args.quick, smoke=args.smoke, store=args.store, peer=args.peer == "node",
-                  params=params)
+                  params=params, nodes=args.nodes)
+    signal.signal(signal.SIGTERM, _terminated)
     if args.profile:
         procs.profile_dir = args.out
     if args.server_src is not None:
@@ -76,12 +119,31 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv),
         "machine": machine(),
         "pinning": (f"server on CPU {procs.server_cpus}, generators on CPU {procs.gen_cpus}"
-                    + (" (taskset)" if __import__("shutil").which("taskset") else " (no taskset: unpinned)")),
+                    + (" (taskset)" if shutil.which("taskset") else " (no taskset: unpinned)")),
         "mode": "smoke" if args.smoke else "quick" if args.quick else "full",
         "server_src": str(args.server_src) if args.server_src else None,
         "scenarios": {},
     }
+    if args.store:
+        run["store"] = "; ".join(services) if services else args.store
+    if args.nodes > 1:
+        run["nodes"] = args.nodes
+        placement = ", ".join(f"node {k} on CPU {c}" for k, c in enumerate(procs.node_cpus))
+        run["cluster"] = (f"{args.nodes} nodes ({', '.join(n for n in names if n in CLUSTERED) or 'no scenario'}"
+                          f" of this run), {placement}"
+                          + (f"; {procs.sharing}" if procs.sharing else ": a core each")
+                          + "; PostgreSQL and Redis are shared services of the machine, not pinned: they run on "
+                          "whichever core is free, and their CPU is not in the server's figures")
+    elif is_postgres(args.store):
+        run["pinning"] += "; PostgreSQL is a shared service of the machine, not pinned"
     done_line(f"chat_actors bench: {', '.join(names)} ({run['mode']}); {run['pinning']}")
+    for line in services:
+        done_line(f"  {line}")
+    if args.nodes > 1:
+        done_line(f"  cluster: {run['cluster']}")
+        single = [n for n in names if n not in CLUSTERED]
+        if single:
+            done_line(f"  --nodes applies to {', '.join(CLUSTERED)}: {', '.join(single)} run(s) on one node only")
     code = 0
     try:
         for name in names:

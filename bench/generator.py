@@ -11,6 +11,11 @@ is kept to a few `bytes.find` calls: every load message carries a marker
 system-wide monotonic clock, so end-to-end latency, loss, duplicates and order are read
 off the marker without parsing JSON. Everything else (welcome, joined, ack, error) is rare
 and goes through orjson.
+
+Against a cluster, a client's spec also says which node it is on (`node`, of `nodes`), and
+the harness places client `idx` on node `idx % nodes`; such a client also files each
+delivery under "local" or "remote" (the sender, read off the marker, on the same node or
+another one) and under its own node, which is how the bus hop shows.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ now_ns = time.monotonic_ns
 class Sink:
     """Counters for one measurement window (a step), shared by the clients writing to it."""
 
-    __slots__ = ("lat", "received", "ooo", "gaps", "acked", "ack_lat", "errors", "last_ns")
+    __slots__ = ("lat", "received", "ooo", "gaps", "acked", "ack_lat", "errors", "last_ns", "hop", "by_node")
 
     def __init__(self) -> None:
         self.lat = array("q")          # end-to-end latency of each delivery, microseconds
@@ -47,13 +52,19 @@ class Sink:
         self.acked = 0
         self.errors: dict[str, int] = {}
         self.last_ns = 0
+        self.hop: dict[str, array] = {}        # cluster clients only: "local" / "remote" latencies
+        self.by_node: dict[int, array] = {}    # cluster clients only: latencies by receiving node
 
     def summary(self) -> dict[str, Any]:
-        return {
+        out = {
             "received": self.received, "ooo": self.ooo, "gaps": self.gaps, "acked": self.acked,
             "errors": self.errors, "latency": histogram(self.lat), "ack_latency": histogram(self.ack_lat),
             "last_ns": self.last_ns,
         }
+        if self.hop or self.by_node:
+            out["hop"] = {k: histogram(v) for k, v in self.hop.items()}
+            out["by_node"] = {str(k): histogram(v) for k, v in self.by_node.items()}
+        return out
 
 
 class Client(WSListener):
@@ -149,6 +160,52 @@ class Client(WSListener):
             kind, field, target, self.name, n, intended_ns, marker + pad[len(marker):]))
 
 
+class NodeClient(Client):
+    """A client of node `node` of a cluster of `nodes`: its deliveries are also filed by hop
+    (sender `idx % nodes` against `node`) and by receiving node."""
+
+    def __init__(self, gen: Generator, idx: int, mode: str, node: int, nodes: int) -> None:
+        super().__init__(gen, idx, mode)
+        self.node = node
+        self.nodes = nodes
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type is not _TEXT:
+            if frame.msg_type is _CLOSE:
+                self.close_code = frame.get_close_code().value
+            return
+        p = frame.get_payload_as_bytes()
+        i = p.find(b"~")
+        if i >= 0:
+            j = p.find(b"~", i + 1)
+            sid, n, t = p[i + 1:j].split(b":")
+            now = now_ns()
+            sink = self.sink
+            us = (now - int(t)) // 1000
+            sink.lat.append(us)
+            hop = "local" if int(sid) % self.nodes == self.node else "remote"
+            lat = sink.hop.get(hop)
+            if lat is None:
+                lat = sink.hop[hop] = array("q")
+            lat.append(us)
+            lat = sink.by_node.get(self.node)
+            if lat is None:
+                lat = sink.by_node[self.node] = array("q")
+            lat.append(us)
+            sink.received += 1
+            sink.last_ns = now
+            n = int(n)
+            last = self.last.get(sid, 0)
+            if n > last:
+                self.last[sid] = n
+                if n != last + 1:
+                    sink.gaps += n - last - 1
+            else:
+                sink.ooo += 1
+            return
+        self._control(orjson.loads(p))
+
+
 class Generator:
     def __init__(self) -> None:
         self.clients: dict[int, Client] = {}
@@ -187,7 +244,8 @@ class Generator:
     async def _open(self, mode: str, spec: dict[str, Any]) -> None:
         idx = spec["idx"]
         old = self.clients.get(idx)
-        client = Client(self, idx, mode)
+        client = NodeClient(self, idx, mode, spec["node"], spec["nodes"]) if "node" in spec \
+            else Client(self, idx, mode)
         if old is not None:
             client.last = old.last          # a reconnect keeps what it has seen: replays are checked
             client.n = old.n

@@ -1,8 +1,9 @@
-"""Processes the harness starts and stops: the server under test, the peer, the blast
-server and the generators, each pinned to its core.
+"""Processes the harness starts and stops: the server under test (one node, or the nodes
+of a cluster), the peer, the blast server and the generators, each pinned to its core.
 
 Everything started here is stopped by `Processes.close()` (the harness runs it in a
-`finally`), so an interrupted run leaves nothing behind.
+`finally`), so an interrupted run leaves nothing behind: that includes the PostgreSQL
+databases and Redis keys of a `--store postgresql://` or `--nodes` run (bench/stores.py).
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 import psutil
+
+from bench.stores import REDIS_URL, PostgresDatabases, ServiceCpu, delete_prefix, is_postgres, new_prefix
 
 BENCH_DIR = Path(__file__).resolve().parent
 PEER_DIR = BENCH_DIR / "peer"
@@ -34,6 +37,28 @@ def cores() -> tuple[list[int], list[int]]:
     if len(available) < 2:
         return available, available
     return available[:1], available[1:]
+
+
+def layout(nodes: int) -> tuple[list[list[int]], list[int], str]:
+    """(the cores of each node, the generator cores, how the nodes share cores, or "").
+
+    One node: `cores()`. N nodes get a core each when there are at least N + 1 (the rest go
+    to the generators); with fewer, the nodes take turns on every core but the last, which
+    stays the generators' (on 2 cores: all nodes on CPU 0, the generator on CPU 1).
+    """
+    server, gens = cores()
+    if nodes <= 1:
+        return [server], gens, ""
+    available = sorted(os.sched_getaffinity(0))
+    if len(available) >= nodes + 1:
+        return [[c] for c in available[:nodes]], available[nodes:], ""
+    pool = available[:-1] or available
+    gens = available[-1:]
+    per_node = [[pool[k % len(pool)]] for k in range(nodes)]
+    shared = ", ".join(f"CPU {c}: nodes {', '.join(str(k) for k in range(nodes) if per_node[k] == [c])}"
+                       for c in pool)
+    return per_node, gens, (f"{len(available)} cores, fewer than {nodes} nodes + 1 generator core: "
+                            f"the nodes share ({shared}) and their CPU figures add up on the same core(s)")
 
 
 def pinned(argv: list[str], cpus: list[int]) -> list[str]:
@@ -61,6 +86,16 @@ class Target:
         self.http_url = http_url
         self.ps = psutil.Process(proc.pid)
         self.profiler: subprocess.Popen | None = None
+        self.services: ServiceCpu | None = None       # CPU of its store (PostgreSQL backends)
+        self.on_stop: list[Callable[[], None]] = []     # clean-ups once it has stopped
+
+    def other_cpu(self) -> dict[str, float]:
+        """Cumulative CPU seconds of the other processes a message costs (empty: none tracked)."""
+        return self.services.sample() if self.services is not None else {}
+
+    def counters(self) -> dict[str, float]:
+        """The server's own counters the runner tracks per step (none for a single server)."""
+        return {}
 
     def cpu_s(self) -> float:
         t = self.ps.cpu_times()
@@ -118,12 +153,97 @@ def _wait_line(proc: subprocess.Popen, pattern: str, timeout: float, stream: str
     return found[0]
 
 
+#: the /metrics series a cluster run records per step (their increase, all nodes summed)
+CLUSTER_COUNTERS = ("chat_bus_published", "chat_bus_received", "chat_bus_dropped", "chat_bus_reconnects",
+                    "chat_gap_fills_total", "chat_messages_filled_total")
+
+
+class Cluster:
+    """N nodes of one chat: the same PostgreSQL database, one Redis prefix, one JWT secret.
+
+    Looks like a `Target` to the runner: CPU and RSS are the sum over its nodes (and
+    `other_cpu` has each node's share and the services'); clients are placed on
+    `nodes[idx % N]`, and registration goes through node 0.
+    """
+
+    def __init__(self, name: str, nodes: list[Target], database: str, prefix: str) -> None:
+        self.name = name
+        self.nodes = nodes
+        self.database = database
+        self.prefix = prefix
+        self.ws_url = nodes[0].ws_url
+        self.http_url = nodes[0].http_url
+        self.services = ServiceCpu(database, REDIS_URL)
+        self.on_stop: list[Callable[[], None]] = []
+
+    def cpu_s(self) -> float:
+        return sum(n.cpu_s() for n in self.nodes)
+
+    def rss(self) -> int:
+        return sum(n.rss() for n in self.nodes)
+
+    def alive(self) -> bool:
+        return all(n.alive() for n in self.nodes)
+
+    def other_cpu(self) -> dict[str, float]:
+        return {**{f"node {k}": n.cpu_s() for k, n in enumerate(self.nodes)}, **self.services.sample()}
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until every node's /readyz says "ok" (its store and its bus answer), at most `timeout` s."""
+        import httpx
+        deadline = time.monotonic() + timeout
+        for k, node in enumerate(self.nodes):
+            last: object = None
+            while True:
+                try:
+                    r = httpx.get(f"{node.http_url}/readyz", timeout=5)
+                    last = r.text
+                    if r.status_code == 200 and r.json().get("status") == "ok":
+                        break
+                except httpx.HTTPError as exc:
+                    last = exc
+                if time.monotonic() > deadline or not node.alive():
+                    raise RuntimeError(f"cluster node {k} not ready within {timeout:g}s: {last}")
+                time.sleep(0.1)
+
+    def counters(self) -> dict[str, float]:
+        """The cluster counters of /metrics (bus events, gap fills), summed over the nodes."""
+        import httpx
+        out: dict[str, float] = {}
+        for node in self.nodes:
+            try:
+                text = httpx.get(f"{node.http_url}/metrics", timeout=5).text
+            except httpx.HTTPError:
+                continue
+            for line in text.splitlines():
+                name, _, value = line.partition(" ")
+                if name in CLUSTER_COUNTERS:
+                    out[name] = out.get(name, 0.0) + float(value)
+        return out
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        codes = [n.stop(timeout) for n in self.nodes]
+        return next((c for c in codes if c not in (0, None)), codes[0] if codes else None)
+
+
+def _cleanup(target: Target | Cluster) -> None:
+    while target.on_stop:
+        job = target.on_stop.pop(0)
+        try:
+            job()
+        except Exception as exc:  # reported, never fatal: the rest still has to be cleaned
+            print(f"bench: clean-up failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
 class Processes:
     """Owns every child process of one harness run."""
 
-    def __init__(self) -> None:
-        self.server_cpus, self.gen_cpus = cores()
+    def __init__(self, nodes: int = 1) -> None:
+        self.node_cpus, self.gen_cpus, self.sharing = layout(nodes)
+        self.server_cpus = self.node_cpus[0]
         self.children: list[Target] = []
+        self.clusters: list[Cluster] = []
+        self.databases: dict[str, PostgresDatabases] = {}
         self.generators: list[GeneratorProc] = []
         self.tmp = Path(tempfile.mkdtemp(prefix="chat-bench-"))
         self.started = 0
@@ -132,7 +252,60 @@ class Processes:
         self.profiles: list[str] = []
         self.server_src: Path | None = None       # run the server from this checkout instead
 
-    def start_ours(self, store: str | None = None, extra_env: dict[str, str] | None = None) -> Target:
+    def _fresh_database(self, store: str) -> tuple[PostgresDatabases, str, str]:
+        dbs = self.databases.setdefault(store, PostgresDatabases(store))
+        name, url = dbs.create()
+        return dbs, name, url
+
+    def start_ours(self, store: str | None = None, extra_env: dict[str, str] | None = None,
+                   cpus: list[int] | None = None) -> Target:
+        """One node; a postgresql:// `store` is the maintenance database of a fresh one."""
+        database = None
+        if is_postgres(store) and not (extra_env and "CHAT_STORE" in extra_env):
+            dbs, database, store = self._fresh_database(store)
+        try:
+            target = self._start_node(store, extra_env, cpus)
+        except BaseException:
+            if database:
+                dbs.drop(database)
+            raise
+        if database:
+            target.services = ServiceCpu(database, None)
+            target.on_stop.append(lambda: dbs.drop(database))
+        return target
+
+    def start_cluster(self, count: int, store: str) -> Cluster:
+        """`count` nodes on a fresh database of `store` and a fresh Redis prefix, each on its cores."""
+        dbs, database, url = self._fresh_database(store)
+        prefix = new_prefix()
+        shared = {"CHAT_STORE": url, "CHAT_BUS": f"{REDIS_URL}?prefix={prefix}",
+                  "CHAT_JWT_SECRET": secrets.token_hex(32), "CHAT_API_KEY": secrets.token_hex(16)}
+        nodes: list[Target] = []
+        try:
+            for k in range(count):      # node 0 first: it applies the migrations, the others find them
+                nodes.append(self._start_node(url, {**shared, "CHAT_NODE_ID": f"bench-node-{k}"},
+                                              self.node_cpus[k % len(self.node_cpus)], label=f"node{k}"))
+        except BaseException:
+            for node in nodes:
+                self.stop(node)
+            for job in (lambda: delete_prefix(prefix), lambda: dbs.drop(database)):
+                try:
+                    job()
+                except Exception as exc:
+                    print(f"bench: clean-up failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            raise
+        cluster = Cluster(f"ours-{count}-nodes", nodes, database, prefix)
+        cluster.on_stop += [lambda: delete_prefix(prefix), lambda: dbs.drop(database)]
+        self.clusters.append(cluster)
+        try:
+            cluster.wait_ready()
+        except BaseException:
+            self.stop(cluster)
+            raise
+        return cluster
+
+    def _start_node(self, store: str | None, extra_env: dict[str, str] | None, cpus: list[int] | None,
+                    label: str = "") -> Target:
         self.started += 1
         data = self.tmp / f"ours-{self.started}"
         data.mkdir()
@@ -153,16 +326,16 @@ class Processes:
         if self.server_src is not None:         # e.g. a git worktree of an older commit
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.server_src), env.get("PYTHONPATH")]))
         target = self._spawn("ours", [sys.executable, "-m", "chat_actors", "serve"], self.tmp,
-                             r"listening ws=(\S+) http=(\S+)", "stderr", timeout=60, env=env)
+                             r"listening ws=(\S+) http=(\S+)", "stderr", timeout=60, env=env, cpus=cpus)
         if self.profile_dir is not None:
-            target.profiler = self._profile(proc.pid)
+            target.profiler = self._profile(target.proc.pid, label)
         return target
 
-    def _profile(self, pid: int) -> subprocess.Popen:
+    def _profile(self, pid: int, label: str = "") -> subprocess.Popen:
         spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         assert self.profile_dir is not None
         self.profile_dir.mkdir(parents=True, exist_ok=True)
-        path = self.profile_dir / f"{self.profile_label}-{self.started}.txt"
+        path = self.profile_dir / f"{self.profile_label}-{self.started}{'-' + label if label else ''}.txt"
         self.profiles.append(str(path))
         return subprocess.Popen([spy, "record", "--format", "raw", "--rate", "200", "--nonblocking", "--gil",
                                  "-o", str(path), "-p", str(pid)],
@@ -178,9 +351,10 @@ class Processes:
                            ROOT, r"blast listening (\S+)", "stdout")
 
     def _spawn(self, name: str, argv: list[str], cwd: Path, listening: str, stream: str, *,
-               timeout: float = 30, env: dict[str, str] | None = None) -> Target:
-        """Start a server on the server CPUs and wait for its `listening` line (ws URL, http URL?)."""
-        proc = subprocess.Popen(pinned(argv, self.server_cpus), env=env, cwd=cwd,
+               timeout: float = 30, env: dict[str, str] | None = None, cpus: list[int] | None = None) -> Target:
+        """Start a server on the server CPUs (or `cpus`) and wait for its `listening` line
+        (ws URL, http URL?)."""
+        proc = subprocess.Popen(pinned(argv, cpus or self.server_cpus), env=env, cwd=cwd,
                                 stdout=subprocess.PIPE if stream == "stdout" else subprocess.DEVNULL,
                                 stderr=subprocess.PIPE if stream == "stderr" else None,   # else: to ours
                                 start_new_session=True)
@@ -189,10 +363,16 @@ class Processes:
         self.children.append(target)
         return target
 
-    def stop(self, target: Target) -> int | None:
+    def stop(self, target: Target | Cluster) -> int | None:
+        """Stop a server or a cluster, then remove what it left (its database, its Redis keys)."""
         code = target.stop()
-        if target in self.children:
-            self.children.remove(target)
+        for node in target.nodes if isinstance(target, Cluster) else [target]:
+            if node in self.children:
+                self.children.remove(node)
+            _cleanup(node)
+        if target in self.clusters:
+            self.clusters.remove(target)
+        _cleanup(target)
         return code
 
     def start_generators(self, count: int | None = None) -> list[GeneratorProc]:
@@ -207,9 +387,13 @@ class Processes:
         for gen in self.generators:
             gen.stop()
         self.generators.clear()
+        for cluster in list(self.clusters):
+            self.stop(cluster)
         for target in list(self.children):
-            target.stop()
-        self.children.clear()
+            self.stop(target)
+        for dbs in self.databases.values():
+            for name in dbs.drop_all():
+                print(f"bench: could not drop the database {name}", file=sys.stderr)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 

@@ -1,4 +1,10 @@
-"""Writing a run: one JSON file, a Markdown summary, and PNG plots (ours beside the peer)."""
+"""Writing a run: one JSON file, a Markdown summary, and PNG plots (ours beside the peer).
+
+A run with `--nodes N` (N > 1) has one more column, ours on N nodes, beside ours on one
+node, both measured in the same run; its step tables add the server CPU per delivery, the
+p99 of receivers on the sender's node and on another node, and the CPU of each node and of
+the services.
+"""
 
 from __future__ import annotations
 
@@ -41,15 +47,25 @@ def markdown(run: dict[str, Any]) -> str:
              f"Machine: {run['machine']['cpu']}, {run['machine']['cores']} cores, "
              f"{run['machine']['memory_gib']} GiB, Linux {run['machine']['kernel']}, Python {run['machine']['python']}  ",
              f"Pinning: {run['pinning']}  ", f"Duration: {run['duration_s']:.0f} s", ""]
+    nodes = run.get("nodes", 1)
+    if run.get("store"):
+        lines[-1:-1] = [f"Store: {run['store']}  "]
+    if nodes > 1:
+        lines[-1:-1] = [f"Cluster: {run['cluster']}  "]
     if run.get("ceilings"):
         lines.append("Generator ceiling (frames/s received from the blast server): "
                      + ", ".join(f"{k} frames {v:,.0f}" for k, v in run["ceilings"].items()))
         lines.append("")
-    lines += ["| scenario | metric | ours | node ws | ratio | target | met | note |",
-              "|---|---|---|---|---|---|---|---|"]
+    if nodes > 1:
+        lines += [f"| scenario | metric | ours, 1 node | ours, {nodes} nodes | node ws | ratio (1 node / node ws) "
+                  "| target | met | note |", "|---|---|---|---|---|---|---|---|---|"]
+    else:
+        lines += ["| scenario | metric | ours | node ws | ratio | target | met | note |",
+                  "|---|---|---|---|---|---|---|---|"]
     for name, result in run["scenarios"].items():
         for r in result.get("table", []):
-            lines.append(f"| {name} | {r['metric']} | {_fmt(r['ours'])} | {_fmt(r['peer'])} | "
+            cluster = f" {_fmt(r.get('cluster'))} |" if nodes > 1 else ""
+            lines.append(f"| {name} | {r['metric']} | {_fmt(r['ours'])} |{cluster} {_fmt(r['peer'])} | "
                          f"{_fmt(r['ratio'])} | {r['target']} | {_fmt(r['met'])} | {r['note']} |")
     for name, result in run["scenarios"].items():
         stepped = {t: v for t, v in result["targets"].items() if "steps" in v}
@@ -62,18 +78,44 @@ def markdown(run: dict[str, Any]) -> str:
         acked = name in _ACKED
         if acked:
             lines[-2] = lines[-2].replace("deliveries/s | p50 ms", "acked msgs/s | ack p50 ms")
+        # a cluster or a PostgreSQL store: CPU per unit and of each process; a cluster: the hop
+        every = [s for v in stepped.values() for s in v["steps"]]
+        more = any("cpu_pct_by_process" in s for s in every)
+        hops = any("latency_by_hop_ms" in s for s in every)
+        bus = any(s.get("cluster_counters") for s in every)
+        if more:
+            lines[-2] += f" server cpu µs/{'msg' if acked else 'delivery'} |"
+            lines[-2] += " p99 same node / other node ms |" if hops else ""
+            lines[-2] += " cpu by process % |"
+            lines[-1] += "---|---|---|" if hops else "---|---|"
+        if bus:
+            lines[-2] += " bus events and gap fills (all nodes) |"
+            lines[-1] += "---|"
         for t, v in stepped.items():
-            for s in v["steps"]:
+            for s in [*v["steps"], *([v["half_knee"]] if v.get("half_knee") else [])]:
                 lat = s["ack_latency_ms"] if acked else s["latency_ms"]
                 flag = "yes" if s["sustained"] else "no"
                 if s["generator_bound"]:
                     flag += " (generator-bound)"
-                lines.append(f"| {t} | {_fmt(s['offered_msgs_per_s'])} | "
-                             f"{_fmt(s['acked_per_s'] if acked else s['deliveries_per_s'])} | "
-                             f"{_fmt(lat['p50'])} | {_fmt(lat['p90'])} | {_fmt(lat['p99'])} | {_fmt(lat['p99.9'])} | "
-                             f"{_fmt(lat['max'])} | {s['lost']} | {s['duplicated_or_out_of_order']} | "
-                             f"{_fmt(s['server_cpu_pct'])} | {_fmt(s['server_rss_mib'])} | "
-                             f"{_fmt(s['generator_cpu_pct'])} | {flag} |")
+                if s is v.get("half_knee"):
+                    flag += " (half the knee)"
+                line = (f"| {t} | {_fmt(s['offered_msgs_per_s'])} | "
+                        f"{_fmt(s['acked_per_s'] if acked else s['deliveries_per_s'])} | "
+                        f"{_fmt(lat['p50'])} | {_fmt(lat['p90'])} | {_fmt(lat['p99'])} | {_fmt(lat['p99.9'])} | "
+                        f"{_fmt(lat['max'])} | {s['lost']} | {s['duplicated_or_out_of_order']} | "
+                        f"{_fmt(s['server_cpu_pct'])} | {_fmt(s['server_rss_mib'])} | "
+                        f"{_fmt(s['generator_cpu_pct'])} | {flag} |")
+                if more:
+                    line += f" {_fmt(s.get('server_cpu_us_per_msg' if acked else 'server_cpu_us_per_delivery'))} |"
+                    if hops:
+                        hop = s.get("latency_by_hop_ms")
+                        line += (f" {_fmt(hop['local']['p99'])} / {_fmt(hop['remote']['p99'])} |" if hop else " - |")
+                    by = s.get("cpu_pct_by_process") or {}
+                    line += " " + (", ".join(f"{k} {pct:g}" for k, pct in by.items()) or "-") + " |"
+                if bus:
+                    line += " " + (", ".join(f"{k.removeprefix('bus_')} {n:,}" for k, n in
+                                             (s.get("cluster_counters") or {}).items()) or "-") + " |"
+                lines.append(line)
     return "\n".join(lines) + "\n"
 
 

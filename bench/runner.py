@@ -32,6 +32,7 @@ class Context:
     params: dict[str, Any]
     ceilings: dict[str, float] = field(default_factory=dict)
     warmup: bool = False          # the current step is the unrecorded warm-up
+    nodes: int = 1                # fanout, rooms, ingest: also run ours on this many nodes
 
     @property
     def gens(self) -> list[GeneratorProc]:
@@ -68,6 +69,11 @@ def gen_cpu(gens: list[GeneratorProc]) -> float:
     return total
 
 
+def is_ours(name: str) -> bool:
+    """Ours on one node ("ours") or on several ("ours-N-nodes")."""
+    return name.startswith("ours")
+
+
 def run_step(ctx: Context, target: Target, *, rate: float, senders: list[list[list[Any]]],
              fanout: int, duration: float, kind: str = "send", size: int = 200, label: str = "",
              shape: str = "ours", keep_sent_by: bool = False,
@@ -89,12 +95,14 @@ def run_step(ctx: Context, target: Target, *, rate: float, senders: list[list[li
     expected_total = int(rate * duration) * fanout
     for fields in per_gen:
         fields["expect"] = expected_total // len(per_gen)
-        fields["acks"] = int(fields["rate"] * duration) if target.name == "ours" else 0
+        fields["acks"] = int(fields["rate"] * duration) if is_ours(target.name) else 0
     progress(f"  {target.name} {label} offering {rate:g} msg/s for {duration:g}s ...")
+    other0, counters0 = target.other_cpu(), target.counters()
     cpu0, gcpu0, wall0 = target.cpu_s(), gen_cpu(gens), time.monotonic()
     replies = call_all(gens, "run", per_gen)
     wall = time.monotonic() - wall0
-    server_cpu = (target.cpu_s() - cpu0) / wall
+    server_cpu_s = target.cpu_s() - cpu0
+    server_cpu = server_cpu_s / wall
     generator_cpu = (gen_cpu(gens) - gcpu0) / wall / len(gens)
     sent = sum(r["sent"] for r in replies)
     received = sum(r["received"] for r in replies)
@@ -132,15 +140,39 @@ def run_step(ctx: Context, target: Target, *, rate: float, senders: list[list[li
     }
     if not keep_sent_by:
         del step["sent_by"]
+    # CPU per unit of work: the server's (all nodes of a cluster), microseconds
+    step["server_cpu_us_per_delivery"] = round(server_cpu_s * 1e6 / unique, 2) if unique else None
+    step["server_cpu_us_per_msg"] = round(server_cpu_s * 1e6 / sent, 2) if sent else None
+    if other0:                  # a cluster's nodes, a PostgreSQL store's backends, Redis
+        other = target.other_cpu()
+        step["cpu_pct_by_process"] = {k: round((other[k] - v) / wall * 100, 1) for k, v in other0.items() if k in other}
+    if counters0:               # a cluster: bus events and gap fills during the step
+        counters = target.counters()
+        step["cluster_counters"] = {k.removeprefix("chat_").removesuffix("_total"): round(counters[k] - v)
+                                    for k, v in counters0.items() if k in counters}
+    hops = [r["hop"] for r in replies if r.get("hop")]
+    if hops:
+        step["latency_by_hop_ms"] = {k: percentiles(merge(h.get(k) for h in hops)) for k in ("local", "remote")}
+        by_node = [r["by_node"] for r in replies if r.get("by_node")]
+        nodes = sorted({k for b in by_node for k in b}, key=int)
+        step["latency_by_node_ms"] = {k: percentiles(merge(b.get(k) for b in by_node)) for k in nodes}
     delivered_ok = expected == 0 or unique >= DELIVERED_MIN * expected
     p99 = latency["p99"]
     step["sustained"] = bool(delivered_ok and ooo == 0 and not closes and sent >= 0.95 * rate * duration
                              and (p99 is not None and p99 <= P99_LIMIT_MS or expected == 0))
     step["generator_bound"] = bool(ceiling and deliveries_per_s >= GENERATOR_BOUND * ceiling)
     step["generator_busy"] = generator_cpu >= GENERATOR_BUSY
+    extra = ""
+    if "latency_by_hop_ms" in step:
+        extra += (f", p99 same node {step['latency_by_hop_ms']['local']['p99']} ms / other node "
+                  f"{step['latency_by_hop_ms']['remote']['p99']} ms")
+    if "cpu_pct_by_process" in step:
+        extra += ", " + ", ".join(f"{k} {v}%" for k, v in step["cpu_pct_by_process"].items())
+    if step.get("cluster_counters"):
+        extra += ", " + ", ".join(f"{k} {v:,}" for k, v in step["cluster_counters"].items())
     done_line(f"  {target.name} {label} {rate:g} msg/s: {deliveries_per_s:,.0f} deliveries/s, "
               f"p99 {p99} ms, lost {lost}, dup/ooo {ooo}, server cpu {step['server_cpu_pct']}%, "
-              f"generator cpu {step['generator_cpu_pct']}%"
+              f"generator cpu {step['generator_cpu_pct']}%{extra}"
               + (" [generator-bound]" if step["generator_bound"] else "")
               + (" [generator busy]" if step["generator_busy"] else "")
               + ("" if step["sustained"] else " [not sustained]"))
