@@ -136,6 +136,20 @@ def _origins(v: Any) -> str | None:
     return None
 
 
+def _ws_url(v: Any) -> str | None:
+    if v is None:
+        return None
+    if not isinstance(v, str):
+        return "must be a ws:// or wss:// URL or unset"
+    try:
+        parts = urlsplit(v)
+    except ValueError:
+        return "must be a ws:// or wss:// URL such as wss://chat.example.com/ws"
+    if parts.scheme not in ("ws", "wss") or not parts.netloc:
+        return "must be a ws:// or wss:// URL such as wss://chat.example.com/ws"
+    return None
+
+
 def _log_level(v: Any) -> str | None:
     if not isinstance(v, str) or v.upper() not in LOG_LEVELS:
         return "must be one of " + ", ".join(LOG_LEVELS)
@@ -211,6 +225,7 @@ _SECONDS0 = _Kind(_parse_float, _non_negative_float)
 _RATE = _Kind(_parse_float, _positive_float)
 _ORIGINS = _Kind(_parse_origins, _origins)
 _NODE = _Kind(_parse_optional, _node_id)
+_WS_URL = _Kind(_parse_optional, _ws_url)
 _LEVEL = _Kind(_parse_level, _log_level)
 
 
@@ -270,6 +285,9 @@ _OPTIONS: dict[str, _Option] = {
     "allowed_origins": _Option(_ORIGINS, "ORIGINS",
         "comma-separated origins (https://chat.example.com) allowed to open WebSockets; "
         "unset: any origin"),
+    "public_ws_url": _Option(_WS_URL, "URL",
+        "the WebSocket URL GET /api/info gives browsers (wss://chat.example.com/ws behind a "
+        "proxy); unset: built per request from its host and the WebSocket port"),
     "room_inbox_size": _Option(_COUNT, "N",
         "commands buffered per room actor before senders wait"),
     "room_idle_s": _Option(_SECONDS0, "SECONDS",
@@ -372,6 +390,7 @@ class Config:
     graceful_timeout_s: float = attrs.field(default=10.0, converter=_to_float)
     api_key: str | None = attrs.field(default=None, repr=_redact)
     allowed_origins: tuple[str, ...] = attrs.field(default=(), converter=_to_tuple)
+    public_ws_url: str | None = None
     room_inbox_size: int = 1024
     room_idle_s: float = attrs.field(default=30.0, converter=_to_float)
     handshake_timeout_s: float = attrs.field(default=10.0, converter=_to_float)
@@ -418,7 +437,7 @@ def _from_file_value(name: str, value: Any, source: str) -> Any:
         raise ConfigError(
             f"{source} must be an array of origins or a comma-separated string"
         )
-    if kind is _SECRET and value == "":
+    if kind in (_SECRET, _WS_URL) and value == "":
         return None
     if kind is _LEVEL and isinstance(value, str):
         return value.upper()

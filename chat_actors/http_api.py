@@ -18,6 +18,7 @@ import collections
 import hmac
 import importlib.resources
 import math
+import re
 import time
 from typing import Any, Awaitable, Callable
 
@@ -121,6 +122,10 @@ class HttpDeps:
     reads: FairLimiter = attrs.field(factory=client_reads)
     #: the other nodes, told about grants (None: a single node)
     cluster: ClusterLink | None = None
+    #: "chat-actors/<version>", as in welcome
+    server_name: str = ""
+    #: the port the WebSocket listener really bound (the configured one may be 0)
+    ws_port: int = 0
 
 
 class HttpApi:
@@ -296,6 +301,18 @@ class HttpApi:
         return _json({"members": [{"user": u, "connections": n} for u, n in members]})
 
     # -- operations ----------------------------------------------------------------------------
+    async def info(self, request: Request) -> Response:
+        """What a browser client needs before it connects (PROTOCOL section 8 `/api/info`)."""
+        cfg = self.d.config
+        return _json({
+            "server": self.d.server_name,
+            "ws_url": cfg.public_ws_url or public_ws_url(request, cfg.ws_host, self.d.ws_port),
+            "limits": {
+                "max_frame_bytes": cfg.max_frame_bytes, "max_text_chars": cfg.max_text_chars,
+                "rate_per_second": cfg.rate_per_second, "rate_burst": cfg.rate_burst,
+            },
+        })
+
     async def healthz(self, request: Request) -> Response:
         return _json({"status": "ok"})
 
@@ -310,6 +327,28 @@ class HttpApi:
     async def index(self, request: Request) -> Response:
         page = importlib.resources.files("chat_actors").joinpath("web/index.html").read_text("utf-8")
         return HTMLResponse(page)
+
+
+#: a Host header's host part that may go into a URL as it is: a name, IPv4, or a bracketed IPv6
+_URL_HOST = re.compile(r"[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")
+
+
+def public_ws_url(request: Request, ws_host: str, ws_port: int) -> str:
+    """`ws://<the host the client used>:<WebSocket port>/ws` (wss:// behind https://).
+
+    The host comes from the request's Host header, so a browser that reached the page as
+    `localhost` or by a LAN address connects its WebSocket the same way; a header that is
+    absent or not a plain host name or address falls back to the listener's configured host.
+    """
+    host = request.headers.get("host", "").strip()
+    if host.startswith("["):
+        host = host[: host.find("]") + 1]
+    else:
+        host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    if not _URL_HOST.fullmatch(host):
+        host = f"[{ws_host}]" if ":" in ws_host else ws_host
+    scheme = "wss" if request.url.scheme == "https" else "ws"
+    return f"{scheme}://{host}:{ws_port}/ws"
 
 
 def _key_matches(supplied: str, configured: str | None) -> bool:
@@ -378,6 +417,7 @@ def build_app(deps: HttpDeps) -> ASGIApp:
         Route("/api/rooms/{room}/messages", api.get_messages, methods=["GET"]),
         Route("/api/rooms/{room}/messages", api.post_message, methods=["POST"]),
         Route("/api/rooms/{room}/presence", api.presence, methods=["GET"]),
+        Route("/api/info", api.info, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/readyz", api.readyz, methods=["GET"]),
         Route("/metrics", api.metrics, methods=["GET"]),

@@ -150,10 +150,6 @@ async def serve(config: Config, *, task_status: trio.TaskStatus[RunningServer] =
                     authenticate=partial(_admit_upgrade, authenticate, sessions, config.max_connections_per_user,
                                          link),
                 )
-                app = build_app(HttpDeps(
-                    config=config, store=store, registry=registry, metrics=metrics, tokens=tokens,
-                    hasher=hasher, authenticate=authenticate, ready=ready, reads=reads, cluster=link,
-                ))
                 http_stop = trio.Event()
                 ws_scope = trio.CancelScope()
 
@@ -163,6 +159,11 @@ async def serve(config: Config, *, task_status: trio.TaskStatus[RunningServer] =
 
                 async with trio.open_nursery() as listeners:
                     ws_host, ws_port = await listeners.start(run_ws)
+                    app = build_app(HttpDeps(
+                        config=config, store=store, registry=registry, metrics=metrics, tokens=tokens,
+                        hasher=hasher, authenticate=authenticate, ready=ready, reads=reads, cluster=link,
+                        server_name=conn_deps.server_name, ws_port=ws_port,
+                    ))
                     binds = await listeners.start(partial(
                         hypercorn.trio.serve, app, _hypercorn_config(config), shutdown_trigger=http_stop.wait,
                     ))

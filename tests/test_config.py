@@ -74,6 +74,7 @@ def test_env_names_of_the_interface_agreement():
         "graceful_timeout_s": "CHAT_GRACEFUL_TIMEOUT",
         "api_key": "CHAT_API_KEY",
         "allowed_origins": "CHAT_ALLOWED_ORIGINS",
+        "public_ws_url": "CHAT_PUBLIC_WS_URL",
         "room_inbox_size": "CHAT_ROOM_INBOX_SIZE",
         "room_idle_s": "CHAT_ROOM_IDLE",
         "log_level": "CHAT_LOG_LEVEL",
@@ -154,6 +155,8 @@ ENV_CASES = [
         ("https://chat.example.com",),
     ),
     ("CHAT_ALLOWED_ORIGINS", "", "allowed_origins", ()),
+    ("CHAT_PUBLIC_WS_URL", "wss://chat.example.com/ws", "public_ws_url", "wss://chat.example.com/ws"),
+    ("CHAT_PUBLIC_WS_URL", "", "public_ws_url", None),
     ("CHAT_ROOM_INBOX_SIZE", "16", "room_inbox_size", 16),
     ("CHAT_ROOM_IDLE", "0.1", "room_idle_s", 0.1),
     ("CHAT_HANDSHAKE_TIMEOUT", "2", "handshake_timeout_s", 2.0),
@@ -286,6 +289,7 @@ log_level = "warning"
         ({"CHAT_LOG_LEVEL": "loud"}, "DEBUG, INFO"),
         ({"CHAT_ALLOWED_ORIGINS": "chat.example.com"}, "not an origin"),
         ({"CHAT_ALLOWED_ORIGINS": "https://chat.example.com/"}, "trailing slash"),
+        ({"CHAT_PUBLIC_WS_URL": "https://chat.example.com/ws"}, "ws:// or wss://"),
     ],
 )
 def test_invalid_env_values_raise_config_error(env, needle):

@@ -8,7 +8,7 @@ import time
 import jwt
 import pytest
 
-from .client import PASSWORD, auth, http, now_ms, register, register_response
+from .client import PASSWORD, auth, connect, http, now_ms, register, register_response
 
 API_KEY = "k3y-for-tests-0123456789"
 
@@ -439,6 +439,47 @@ async def test_healthz(server):
     async with http(server.http_url) as h:
         r = await h.get("/healthz")
     assert r.status_code == 200 and r.json() == {"status": "ok"}
+
+
+async def test_info_tells_a_browser_where_to_connect(server):
+    """GET /api/info (no auth): the server name, a ws_url a client can really open, the limits."""
+    async with http(server.http_url) as h:
+        r = await h.get("/api/info")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"server", "ws_url", "limits"}
+    assert body["server"].startswith("chat-actors/")
+    assert body["limits"] == {"max_frame_bytes": 65536, "max_text_chars": 4000,
+                              "rate_per_second": 20, "rate_burst": 40}
+    # built from the Host the request used and the WebSocket listener's real port
+    assert body["ws_url"] == server.ws_url
+    alice = await register(server.http_url, "alice")
+    async with connect(body["ws_url"], alice) as conn:
+        assert conn.welcome["server"] == body["server"]
+
+
+@pytest.mark.parametrize(
+    ("host", "expected_host"),
+    [("localhost:3001", "localhost"), ("[::1]:3001", "[::1]"), ("chat.example.com", "chat.example.com"),
+     ("bad host/<x>", "127.0.0.1")],
+)
+async def test_info_ws_url_follows_the_request_host(server, host, expected_host):
+    port = server.ws_url.rsplit(":", 1)[1].split("/")[0]
+    async with http(server.http_url) as h:
+        r = await h.get("/api/info", headers={"Host": host})
+    assert r.status_code == 200, r.text
+    assert r.json()["ws_url"] == f"ws://{expected_host}:{port}/ws"
+
+
+class TestPublicWsUrl:
+    @pytest.fixture
+    def server_overrides(self):
+        return {"public_ws_url": "wss://chat.example.com/ws"}
+
+    async def test_info_gives_the_configured_url(self, server):
+        async with http(server.http_url) as h:
+            r = await h.get("/api/info", headers={"Host": "elsewhere:1"})
+        assert r.json()["ws_url"] == "wss://chat.example.com/ws"
 
 
 async def test_readyz(server):
