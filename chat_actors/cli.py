@@ -1,6 +1,8 @@
-"""The `chat-actors` command: `chat-actors serve [--config FILE] [--ws-port N ...]`.
+"""The `chat-actors` command: `chat-actors serve [--config FILE] [--ws-port N ...]`, and the
+client commands (`register`, `login`, `send`, `dm`, `tail`, `history`: chat_actors/client/cli.py,
+which documents their exit statuses).
 
-Exit status: 0 after a graceful stop, 1 when the server cannot start (e.g. a port in use)
+Exit status of `serve`: 0 after a graceful stop, 1 when the server cannot start (e.g. a port in use)
 or fails, 2 for a configuration or usage error, 128+N when a signal N stopped it hard (a
 second SIGINT/SIGTERM, or one arriving before the server was up).
 """
@@ -20,6 +22,7 @@ import attrs
 import trio
 
 from chat_actors import __version__
+from chat_actors.client import cli as client_cli
 from chat_actors.config import (
     DEFAULTS,
     ENV_VARS,
@@ -122,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
             default=argparse.SUPPRESS,  # absent flags stay absent, so env and file apply
             help=_option_help(name),
         )
+    client_cli.add_commands(commands)
     return parser
 
 
@@ -132,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in client_cli.COMMANDS:
+        return client_cli.run(args)
     if args.command != "serve":
         parser.print_help(sys.stderr)
         return 2

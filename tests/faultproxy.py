@@ -4,8 +4,10 @@
         ...connect the client to 127.0.0.1:proxy.port...
         proxy.cut()        # server gone: every connection closed, new ones reset at once
         proxy.blackhole()  # silent network: bytes are accepted and dropped, nothing comes back
-        proxy.restore()    # forward again (black-holed connections are closed: their streams
-                           # lost bytes, so nothing sane can continue on them)
+        proxy.silence_replies()  # open connections still deliver to the service, but its
+                           # replies are dropped (a reply lost on the way back); new ones forward
+        proxy.restore()    # forward again (black-holed and silenced connections are closed:
+                           # their streams lost bytes, so nothing sane can continue on them)
 
 It owns a nursery for its listener and one task pair per connection; leaving the ``async
 with`` closes everything. Only 127.0.0.1 is used on both sides by default. The proxy is
@@ -38,6 +40,7 @@ class _Link:
     def __init__(self, scope: trio.CancelScope) -> None:
         self.scope = scope
         self.holed = False
+        self.replies_lost = False
 
 
 def _reset(stream: trio.SocketStream) -> None:
@@ -100,11 +103,18 @@ class FaultProxy:
         for link in list(self._links):
             link.holed = True
 
+    def silence_replies(self) -> None:
+        """On the connections open now, keep forwarding the client's bytes to the upstream but
+        drop everything the upstream sends back: the service acts on a request whose answer
+        never arrives. New connections are not affected."""
+        for link in list(self._links):
+            link.replies_lost = True
+
     def restore(self) -> None:
-        """Forward new connections again; close the black-holed ones."""
+        """Forward new connections again; close the black-holed and silenced ones."""
         self.mode = Mode.FORWARD
         for link in list(self._links):
-            if link.holed:
+            if link.holed or link.replies_lost:
                 link.scope.cancel()
 
     # --- plumbing ------------------------------------------------------------------------
@@ -129,23 +139,23 @@ class FaultProxy:
                     _reset(client)
                     return
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._pump, link, client, upstream)
-                    nursery.start_soon(self._pump, link, upstream, client)
+                    nursery.start_soon(self._pump, link, client, upstream, False)
+                    nursery.start_soon(self._pump, link, upstream, client, True)
             finally:
                 self._links.discard(link)
                 for stream in (client, upstream):
                     if stream is not None:
                         await trio.aclose_forcefully(stream)
 
-    async def _pump(self, link: _Link, source: trio.SocketStream, sink: trio.SocketStream) -> None:
-        """Copy ``source`` to ``sink`` (dropping the bytes while black-holed); either side
-        closing closes the whole link."""
+    async def _pump(self, link: _Link, source: trio.SocketStream, sink: trio.SocketStream, reply: bool) -> None:
+        """Copy ``source`` to ``sink`` (dropping the bytes while black-holed, or while replies
+        are lost when ``reply``: upstream to client); either side closing closes the link."""
         try:
             while True:
                 data = await source.receive_some(65536)
                 if not data:
                     break
-                if not link.holed:
+                if not (link.holed or (reply and link.replies_lost)):
                     await sink.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass

@@ -1,0 +1,89 @@
+"""Shared pieces of the client-library tests: fast backoff, collecting a room's stream,
+reading a room's whole history, and the stream property every test checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from chat_actors.client import Backoff, Chat, Message
+
+#: Reconnect quickly in tests (the policy itself is unit-tested in test_units.py).
+FAST = Backoff(initial=0.05, maximum=0.5)
+WAIT = 60.0
+
+
+def ws_via(port: int) -> str:
+    """The WebSocket URL of a FaultProxy (or anything) listening on 127.0.0.1:port."""
+    return f"ws://127.0.0.1:{port}/ws"
+
+
+def ws_port(ws_url: str) -> int:
+    return int(ws_url.rsplit(":", 1)[1].split("/", 1)[0])
+
+
+class Collector:
+    """Reads `chat.events()` in the background and keeps the messages of `room`."""
+
+    def __init__(self, chat: Chat, room: str) -> None:
+        self.chat = chat
+        self.room = room
+        self.messages: list[Message] = []
+        self.others: list[Any] = []
+        self._changed = trio.Event()
+
+    async def run(self) -> None:
+        async for event in self.chat.events():
+            if isinstance(event, Message) and event.room == self.room:
+                self.messages.append(event)
+            else:
+                self.others.append(event)
+            self._changed.set()
+            self._changed = trio.Event()
+
+    async def until(self, seq: int, timeout: float = WAIT) -> list[Message]:
+        """Wait until a message with `seq` or higher arrived; the messages so far."""
+        with trio.fail_after(timeout):
+            while not self.messages or self.messages[-1].seq < seq:
+                await self._changed.wait()
+        return self.messages
+
+
+async def collect(chat: Chat, room: str, until_seq: int, timeout: float = WAIT) -> list[Message]:
+    """Read `chat.events()` until `room`'s message `until_seq`; that room's messages."""
+    out: list[Message] = []
+    with trio.fail_after(timeout):
+        async for event in chat.events():
+            if isinstance(event, Message) and event.room == room:
+                out.append(event)
+                if event.seq >= until_seq:
+                    break
+    return out
+
+
+async def full_history(chat: Chat, room: str) -> list[Message]:
+    """Every stored message of `room`, oldest first."""
+    out: list[Message] = []
+    after = 0
+    while True:
+        page = await chat.history(room, after=after, limit=200)
+        out.extend(page.messages)
+        if not page.more:
+            return out
+        after = out[-1].seq
+
+
+def assert_stream_is_history(stream: list[Message], history: list[Message]) -> None:
+    """The consumer saw exactly the room's history: every seq once, in order, same content."""
+    seqs = [m.seq for m in stream]
+    assert seqs == list(range(1, len(seqs) + 1)), f"gap or repeat: {_summary(seqs)}"
+    assert stream == history
+
+
+def _summary(seqs: list[int]) -> str:
+    seen: set[int] = set()
+    repeats = sorted({s for s in seqs if s in seen or seen.add(s)})  # type: ignore[func-returns-value]
+    missing = sorted(set(range(1, max(seqs, default=0) + 1)) - seen)
+    disorder = [(a, b) for a, b in zip(seqs, seqs[1:]) if b < a][:5]
+    return f"{len(seqs)} messages, repeated {repeats[:10]}, missing {missing[:10]}, out of order {disorder}"

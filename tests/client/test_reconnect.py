@@ -1,0 +1,216 @@
+"""Reconnects, resumes and retries against a real server, with real faults between them.
+
+The faults come from `tests/faultproxy.py` sitting between the library and the server:
+`cut()` closes every connection (a network drop), `silence_replies()` lets commands reach
+the server while its answers are lost, `blackhole()` swallows everything silently.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+from faultproxy import FaultProxy
+
+from chat_actors.client import Message, open_chat
+
+from integration.client import connect
+
+from .helpers import FAST, Collector, assert_stream_is_history, full_history, ws_port, ws_via
+
+
+@pytest.fixture
+def server_overrides():
+    # producers in these tests send faster than a person would
+    return {"rate_per_second": 5000.0, "rate_burst": 5000}
+
+
+async def _wait_for(predicate, timeout: float = 30.0) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.02)
+
+
+async def test_cuts_mid_stream_leave_no_gap_and_no_repeat(server):
+    alice, bob = await server.user("alice"), await server.user("bobby")
+    total = 240
+    async with FaultProxy(upstream_port=ws_port(server.ws_url)) as proxy, \
+            open_chat(ws_via(proxy.port), token=bob, backoff=FAST) as consumer, \
+            open_chat(server.ws_url, token=alice, backoff=FAST) as producer:
+        await consumer.join("general")
+        await producer.join("general")
+        collector = Collector(consumer, "general")
+        acked: list[int] = []
+
+        async def produce() -> None:
+            for i in range(total):
+                acked.append((await producer.send("general", f"m{i}")).seq)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collector.run)
+            nursery.start_soon(produce)
+            for cut, when in enumerate((40, 100, 170)):
+                await _wait_for(lambda: len(acked) >= when)
+                proxy.cut()
+                await trio.sleep(0.05)  # messages keep being stored while the consumer is away
+                proxy.restore()
+                await _wait_for(lambda: consumer.statistics().connects == cut + 2)
+            await collector.until(total)
+            nursery.cancel_scope.cancel()
+        assert_stream_is_history(collector.messages, await full_history(producer, "general"))
+        assert consumer.statistics().connects == 4 and proxy.accepted >= 4
+
+
+async def test_a_lost_ack_is_retried_with_the_same_id(server):
+    """The server stores the message, the ack is lost on the way back, the connection dies:
+    the send goes out again with its id and returns the original ack; nothing is doubled."""
+    alice = await server.user("alice")
+    async with FaultProxy(upstream_port=ws_port(server.ws_url)) as proxy, \
+            open_chat(ws_via(proxy.port), token=alice, backoff=FAST) as chat, \
+            connect(server.ws_url, alice) as observer:
+        await chat.join("general")
+        await observer.send({"type": "join", "room": "general"})
+        await observer.expect("joined")
+        proxy.silence_replies()
+        result: list = []
+
+        async def send() -> None:
+            result.append(await chat.send("general", "exactly once", id="lost-ack-1"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send)
+            stored = await observer.expect("message", id="lost-ack-1")  # stored and fanned out
+            assert not result  # ... and its ack did not arrive
+            proxy.cut()
+            proxy.restore()
+        (ack,) = result
+        assert (ack.id, ack.seq, ack.ts) == ("lost-ack-1", stored["seq"], stored["ts"])
+        history = await full_history(chat, "general")
+        assert [(m.id, m.seq) for m in history] == [("lost-ack-1", stored["seq"])]
+        assert chat.statistics().resent >= 1 and chat.statistics().connects == 2
+        # the sender's own stream shows it once: from the replay or from the ack, not both
+        collector = Collector(chat, "general")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collector.run)
+            await chat.send("general", "marker")
+            await collector.until(2)
+            nursery.cancel_scope.cancel()
+        assert [(m.seq, m.id) for m in collector.messages] == [(1, "lost-ack-1"), (2, collector.messages[1].id)]
+
+
+async def test_recovered_false_is_filled_by_history_pages(server):
+    """More than 1,000 missed: the server replays nothing (`recovered: false`); the library
+    reads the gap with `history after=` pages before the live messages continue."""
+    alice, bob = await server.user("alice"), await server.user("bobby")
+    missed = 1_150
+    async with FaultProxy(upstream_port=ws_port(server.ws_url)) as proxy, \
+            open_chat(ws_via(proxy.port), token=bob, backoff=FAST) as consumer, \
+            open_chat(server.ws_url, token=alice, backoff=FAST) as producer:
+        await consumer.join("general")
+        await producer.join("general")
+        await producer.send("general", "before the outage")
+        collector = Collector(consumer, "general")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collector.run)
+            await collector.until(1)
+            proxy.cut()  # the consumer stays away (new connections are refused) until restore
+            async with trio.open_nursery() as senders:
+                for i in range(missed):
+                    senders.start_soon(producer.send, "general", f"missed {i}")
+            proxy.restore()
+            await _wait_for(lambda: consumer.connected and consumer.statistics().connects == 2)
+            await producer.send("general", "live again")
+            await collector.until(missed + 2)
+            nursery.cancel_scope.cancel()
+        assert_stream_is_history(collector.messages, await full_history(producer, "general"))
+        assert consumer.statistics().history_pages >= missed // 200
+
+
+async def test_offline_direct_messages_are_delivered_once(server):
+    alice, bob = await server.user("alice"), await server.user("bobby")
+    async with open_chat(server.ws_url, token=bob, backoff=FAST) as b:
+        for i in range(3):
+            await b.dm("alice", f"while you were out {i}")
+    # the server replays unconfirmed direct messages after every welcome (at-least-once)
+    for _ in range(2):
+        async with connect(server.ws_url, alice) as raw:
+            assert [e["seq"] for e in raw.offline if e["type"] == "message"] == [1, 2, 3]
+    async with FaultProxy(upstream_port=ws_port(server.ws_url)) as proxy, \
+            open_chat(ws_via(proxy.port), token=alice, backoff=FAST) as a, \
+            open_chat(server.ws_url, token=bob, backoff=FAST) as b:
+        room = "dm:alice:bobby"
+        collector = Collector(a, room)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collector.run)
+            await collector.until(3)
+            proxy.cut()  # the next welcome replays 1..3 again
+            proxy.restore()
+            await _wait_for(lambda: a.statistics().connects == 2 and a.connected)
+            await b.dm("alice", "after the reconnect")
+            await collector.until(4)
+            await a.read(room, 4)  # confirmed: no longer replayed after a welcome
+            await _wait_for_confirmation(server.ws_url, alice)
+            nursery.cancel_scope.cancel()
+        assert [m.seq for m in collector.messages] == [1, 2, 3, 4]
+
+
+async def _wait_for_confirmation(ws_url: str, token: str) -> None:
+    """Until a new connection of the user gets no offline direct messages (the `read` is
+    fire-and-forget, so its effect is observed rather than assumed)."""
+    with trio.fail_after(10):
+        while True:
+            async with connect(ws_url, token) as raw:
+                if not raw.offline:
+                    return
+            await trio.sleep(0.05)
+
+
+async def test_the_keepalive_replaces_a_silent_connection(server):
+    """A connection that stops answering reports no error (half-open TCP): the keepalive
+    ping finds it, the chat reconnects and resumes."""
+    alice, bob = await server.user("alice"), await server.user("bobby")
+    async with FaultProxy(upstream_port=ws_port(server.ws_url)) as proxy, \
+            open_chat(ws_via(proxy.port), token=bob, backoff=FAST, keepalive=0.3, connect_timeout=2.0) as consumer, \
+            open_chat(server.ws_url, token=alice, backoff=FAST) as producer:
+        await consumer.join("general")
+        await producer.join("general")
+        collector = Collector(consumer, "general")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collector.run)
+            proxy.blackhole()
+            await producer.send("general", "sent into the silence")
+            await _wait_for(lambda: not consumer.connected)
+            proxy.restore()
+            await collector.until(1)
+            nursery.cancel_scope.cancel()
+        assert [m.text for m in collector.messages] == ["sent into the silence"]
+        assert consumer.statistics().connects >= 2
+
+
+async def test_a_graceful_restart_1001_is_resumed(server_factory):
+    """The server shuts down (1001 to every client), comes back on the same ports and
+    database; the chat reconnects by itself and the stream goes on without a gap."""
+    first = await server_factory()
+    alice, bob = await first.user("alice"), await first.user("bobby")
+    ports = {"ws_port": ws_port(first.ws_url), "http_port": int(first.http_url.rsplit(":", 1)[1])}
+    async with open_chat(first.ws_url, token=bob, backoff=FAST) as consumer:
+        await consumer.join("general")
+        collector = Collector(consumer, "general")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collector.run)
+            async with open_chat(first.ws_url, token=alice, backoff=FAST) as producer:
+                await producer.join("general")
+                for i in range(5):
+                    await producer.send("general", f"before {i}")
+            await collector.until(5)
+            await first.stop()
+            second = await server_factory(**ports)
+            async with open_chat(second.ws_url, token=alice, backoff=FAST) as producer:
+                await producer.join("general")
+                for i in range(5):
+                    await producer.send("general", f"after {i}")
+                await collector.until(10)
+                history = await full_history(producer, "general")
+            nursery.cancel_scope.cancel()
+        assert_stream_is_history(collector.messages, history)
+        assert consumer.statistics().connects == 2
+        assert all(isinstance(m, Message) for m in collector.messages)
