@@ -86,6 +86,7 @@ class Chat:
         self._connects = 0
         self._resent = 0
         self._problem = ""
+        self._attempt = trio.CancelScope()
         #: the `welcome` of the latest connection (rooms with their seq and read cursor)
         self.welcome: Welcome | None = None
 
@@ -193,6 +194,8 @@ class Chat:
         if not self._closed:
             self._closed = True
             self._closing.set()
+            if self._live is None:
+                self._attempt.cancel()  # nothing to close gracefully: stop connecting now
             self._delivery.close()
             self._notify()
         with trio.move_on_after(CLOSE_TIMEOUT_S):
@@ -284,7 +287,9 @@ class Chat:
         if type(event) is Joined:
             stream = self._delivery.streams.get(event.room)
             if stream is not None:
-                stream.on_joined(event.seq)
+                if not stream.on_joined(event.seq):
+                    log.warning("%s holds %d messages, fewer than this chat has seen: the server lost messages;"
+                                " the stream goes on from there", event.room, event.seq)
                 self._delivery.pump(session, stream, grace=False)
         elif type(event) is Ack:
             cmd = request.command
@@ -304,7 +309,9 @@ class Chat:
         down_since = trio.current_time()
         try:
             while not self._closing.is_set():
-                session, fatal = await self._connect_once()
+                with trio.CancelScope() as self._attempt:
+                    session, fatal = None, None  # stay None if closing cancels a connect attempt
+                    session, fatal = await self._connect_once()
                 if fatal is not None:
                     self._fail(fatal)
                     return

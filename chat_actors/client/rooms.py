@@ -79,12 +79,23 @@ class RoomStream:
         if seq > self.head:
             self.head = seq
 
-    def on_joined(self, seq: int) -> None:
-        """The server answered `joined` with the room's last seq at that moment."""
+    def on_joined(self, seq: int) -> bool:
+        """The server answered `joined` with the room's last seq at that moment.
+
+        False when the room now holds fewer messages than were handed over: the server lost
+        its store (a `memory://` server restarted, a database restored from an old backup).
+        Nothing can make that stream whole; it restarts at `seq` so new messages still flow
+        instead of being dropped forever as "duplicates".
+        """
+        self.confirmed = True
+        if self.last is not None and seq < self.last:
+            self.last = self.head = seq
+            self.held.clear()
+            return False
         if self.last is None:
             self.last = seq
-        self.confirmed = True
         self.see_head(seq)
+        return True
 
     def caught_up(self) -> bool:
         """Everything known to exist was handed over."""

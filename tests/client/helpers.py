@@ -49,6 +49,13 @@ class Collector:
                 await self._changed.wait()
         return self.messages
 
+    async def count(self, n: int, timeout: float = WAIT) -> list[Message]:
+        """Wait until `n` messages arrived in all."""
+        with trio.fail_after(timeout):
+            while len(self.messages) < n:
+                await self._changed.wait()
+        return self.messages
+
 
 async def collect(chat: Chat, room: str, until_seq: int, timeout: float = WAIT) -> list[Message]:
     """Read `chat.events()` until `room`'s message `until_seq`; that room's messages."""

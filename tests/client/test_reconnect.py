@@ -214,3 +214,47 @@ async def test_a_graceful_restart_1001_is_resumed(server_factory):
         assert_stream_is_history(collector.messages, history)
         assert consumer.statistics().connects == 2
         assert all(isinstance(m, Message) for m in collector.messages)
+
+
+async def test_a_server_restored_from_an_older_backup_does_not_silence_the_stream(server_factory, tmp_path):
+    """The room comes back with fewer messages than the chat has seen (a database restored
+    from a backup): the stream cannot be made whole, but it must go on with the new
+    messages instead of dropping them as "duplicates" of seqs it already handed over."""
+    first = await server_factory()
+    alice, bob = await first.user("alice"), await first.user("bobby")
+    ports = {"ws_port": ws_port(first.ws_url), "http_port": int(first.http_url.rsplit(":", 1)[1])}
+    database = tmp_path / "chat.db"
+    backup = tmp_path / "backup.db"
+    async with open_chat(first.ws_url, token=bob, backoff=FAST) as consumer:
+        await consumer.join("general")
+        collector = Collector(consumer, "general")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collector.run)
+            async with open_chat(first.ws_url, token=alice, backoff=FAST) as producer:
+                await producer.join("general")
+                for i in range(8):
+                    if i == 3:
+                        await trio.to_thread.run_sync(_sqlite_backup, database, backup)
+                    await producer.send("general", f"before {i}")
+            await collector.until(8)
+            await first.stop()
+            for suffix in ("", "-wal", "-shm"):
+                (tmp_path / f"chat.db{suffix}").unlink(missing_ok=True)
+            backup.rename(database)
+            second = await server_factory(**ports)
+            await _wait_for(lambda: consumer.connected and consumer.statistics().connects == 2)
+            async with open_chat(second.ws_url, token=alice, backoff=FAST) as producer:
+                await producer.join("general")
+                await producer.send("general", "after the restore")  # seq 4 again
+                await collector.count(9)
+            nursery.cancel_scope.cancel()
+    assert [(m.seq, m.text) for m in collector.messages] == [
+        *((i + 1, f"before {i}") for i in range(8)), (4, "after the restore"),
+    ]
+
+
+def _sqlite_backup(source, target) -> None:
+    import sqlite3
+
+    with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
+        src.backup(dst)

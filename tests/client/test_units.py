@@ -77,6 +77,16 @@ def test_a_join_without_since_starts_at_the_joined_seq():
     assert stream.last == 7 and stream.needs_history()
 
 
+def test_a_room_that_lost_messages_restarts_the_stream_at_its_seq():
+    stream, out = RoomStream("r", last=0), []
+    for seq in (1, 2, 3, 4, 6):
+        stream.offer(msg(seq))
+    drain(stream, out)
+    assert stream.on_joined(2) is False  # the room now ends at 2 (restored from a backup)
+    assert (stream.last, stream.head, stream.held) == (2, 2, {})
+    assert stream.offer(msg(3)) and stream.peek() == msg(3)  # the new seq 3 is not a "duplicate"
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     stored=st.integers(min_value=1, max_value=60),
