@@ -19,9 +19,8 @@ What the program gets beyond the raw protocol:
   `unavailable` answers are waited out and sent again by default (`retry_busy`).
 * **Bounded buffers**: see `delivery.py` (events) and `ChatOptions` (pending sends).
 
-The chat runs one supervisor task (connect, run a session, back off, again) in the nursery
-that `open_chat` opens; the program's calls wait for a live session and never touch the
-socket of a dead one.
+The chat runs its connection loop (`connector.py`) in the nursery that `open_chat` opens;
+the program's calls wait for a live session and never touch the socket of a dead one.
 """
 
 from __future__ import annotations
@@ -33,9 +32,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import orjson
 import trio
-from trio_websocket import ConnectionRejected, HandshakeError, open_websocket_url
 
 from chat_actors.protocol import parse_dm_room
 from chat_actors.records import (
@@ -44,8 +41,9 @@ from chat_actors.records import (
 )
 
 from .api import new_message_id
+from .connector import Connector
 from .delivery import HISTORY_PAGE, Delivery
-from .errors import ChatClosed, ChatError, ConnectionFailed, Internal, RateLimited, Unauthorized, Unavailable, error_for
+from .errors import ChatClosed, ChatError, RateLimited, Unavailable
 from .options import ChatOptions, ChatStatistics
 from .session import Request, Session, SessionEnded
 
@@ -53,16 +51,10 @@ __all__ = ["Chat", "open_chat"]
 
 log = logging.getLogger(__name__)
 
-#: A connection that stayed live this long resets the backoff to its first step.
-BACKOFF_RESET_AFTER_S = 5.0
 #: Rooms joined again at once after a reconnect.
 REJOIN_CONCURRENCY = 16
 #: How long closing the chat may take before its tasks are cancelled.
 CLOSE_TIMEOUT_S = 5.0
-#: Largest server frame accepted (a 200-message history page of long texts is a few MB).
-MAX_SERVER_FRAME_CHARS = 64 * 1024 * 1024
-#: Upgrade refusals that no retry can fix; the rest (429, 5xx) are retried.
-FATAL_UPGRADE_STATUSES = frozenset({400, 401, 403, 404})
 
 
 class Chat:
@@ -70,8 +62,9 @@ class Chat:
 
     def __init__(self, url: str, *, token: str, options: ChatOptions | None = None) -> None:
         self.url = url
-        self._token = token
         self._options = options or ChatOptions()
+        hooks = _Hooks(self)
+        self._connector = Connector(url, token, self._options, handler=hooks, owner=hooks)
         self._delivery = Delivery(
             buffer_size=self._options.buffer_size, hold_limit=self._options.hold_limit,
             fetch=self._fetch_page, direct_messages=self._options.direct_messages,
@@ -81,12 +74,7 @@ class Chat:
         self._changed = trio.Event()
         self._failure: ChatError | None = None
         self._closed = False
-        self._closing = trio.Event()
-        self._stopped = trio.Event()
-        self._connects = 0
         self._resent = 0
-        self._problem = ""
-        self._attempt = trio.CancelScope()
         #: the `welcome` of the latest connection (rooms with their seq and read cursor)
         self.welcome: Welcome | None = None
 
@@ -104,8 +92,9 @@ class Chat:
         return self._live is not None
 
     def statistics(self) -> ChatStatistics:
+        """Counters for logs and tests: connections, buffer use, gap fills, resent commands."""
         return ChatStatistics(
-            connects=self._connects, live=self._live is not None, buffered_events=self._delivery.buffered,
+            connects=self._connector.connects, live=self._live is not None, buffered_events=self._delivery.buffered,
             dropped_events=self._delivery.dropped, history_pages=self._delivery.history_pages, resent=self._resent,
         )
 
@@ -193,13 +182,11 @@ class Chat:
         """Close the connection (1000) and end `events()`; pending calls raise ChatClosed."""
         if not self._closed:
             self._closed = True
-            self._closing.set()
-            if self._live is None:
-                self._attempt.cancel()  # nothing to close gracefully: stop connecting now
+            self._connector.close()
             self._delivery.close()
             self._notify()
         with trio.move_on_after(CLOSE_TIMEOUT_S):
-            await self._stopped.wait()
+            await self._connector.stopped.wait()
 
     # ------------------------------------------------------------------ calls
 
@@ -256,21 +243,25 @@ class Chat:
             return min(10.0, base * 2 ** min(attempt, 6)) * random.uniform(1.0, 1.5)
         return self._options.backoff.delay(attempt)
 
-    async def _fetch_page(self, session: Session, room: str, after: int) -> HistoryPage:
-        """A gap-filling page on this connection (never across connections: the resume
-        after a reconnect starts the filling again from the room's `last`)."""
-        attempt = 0
+    async def _call_on(self, session: Session, build: Callable[[int], Command], replies: tuple[type, ...]) -> Any:
+        """A command of the library's own on this connection only (SessionEnded when it
+        ends), busy answers waited out whatever `retry_busy` says: the program did not ask."""
+        busy = 0
         while True:
             try:
-                return await session.call(lambda ref: History(room, after=after, limit=HISTORY_PAGE, ref=ref),
-                                          (HistoryPage,))
+                return await session.call(build, replies)
             except (RateLimited, Unavailable) as exc:
-                await trio.sleep(self._busy_delay(exc, attempt))
-                attempt += 1
+                await trio.sleep(self._busy_delay(exc, busy))
+                busy += 1
 
-    # ------------------------------------------------------------------ SessionHandler
+    async def _fetch_page(self, session: Session, room: str, after: int) -> HistoryPage:
+        """A gap-filling page (the resume after a reconnect starts filling again from `last`)."""
+        return await self._call_on(session, lambda ref: History(room, after=after, limit=HISTORY_PAGE, ref=ref),
+                                   (HistoryPage,))
 
-    def on_welcome(self, session: Session, welcome: Welcome) -> None:
+    # ------------------------------------------------------------------ what the session reports
+
+    def _on_welcome(self, session: Session, welcome: Welcome) -> None:
         self.welcome = welcome
         for entry in welcome.rooms:
             stream = self._delivery.streams.get(entry.room)
@@ -280,10 +271,10 @@ class Chat:
                 # offline delivery replays what is above the read cursor: start there
                 self._delivery.track(entry.room, last=entry.read, head=entry.seq)
 
-    def on_message(self, session: Session, message: Message) -> None:
+    def _on_message(self, session: Session, message: Message) -> None:
         self._delivery.offer(session, message)
 
-    def on_reply(self, session: Session, request: Request, event: Event) -> None:
+    def _on_reply(self, session: Session, request: Request, event: Event) -> None:
         if type(event) is Joined:
             stream = self._delivery.streams.get(event.room)
             if stream is not None:
@@ -297,133 +288,44 @@ class Chat:
                 own = Message(event.room, event.seq, event.id, session.welcome.user, cmd.text, cmd.meta, event.ts)
                 self._delivery.offer(session, own)
 
-    def on_other(self, session: Session, event: Event) -> None:
+    def _on_other(self, session: Session, event: Event) -> None:
         if isinstance(event, (TypingEvent, ReadEvent, PresenceEvent, ErrorEvent)):
             self._delivery.ephemeral(event)
 
-    # ------------------------------------------------------------------ connection loop
-
-    async def _supervise(self) -> None:
-        """Connect, run the session, back off, again, until closed or a fatal answer."""
-        attempt = 0
-        down_since = trio.current_time()
-        try:
-            while not self._closing.is_set():
-                with trio.CancelScope() as self._attempt:
-                    session, fatal = None, None  # stay None if closing cancels a connect attempt
-                    session, fatal = await self._connect_once()
-                if fatal is not None:
-                    self._fail(fatal)
-                    return
-                if self._closing.is_set():
-                    return
-                now = trio.current_time()
-                if session is not None and session.live:
-                    if now - session.live_since >= BACKOFF_RESET_AFTER_S:
-                        attempt = 0
-                    down_since = now
-                delay = self._options.backoff.delay(attempt)
-                attempt += 1
-                give_up = self._options.give_up_after
-                if give_up is not None and now + delay - down_since > give_up:
-                    self._fail(ConnectionFailed(f"no connection to {self.url} for {give_up:g} s ({self._problem})"))
-                    return
-                log.info("reconnecting to %s in %.2f s (%s)", self.url, delay, self._problem)
-                with trio.move_on_after(delay):
-                    await self._closing.wait()
-        except Exception as exc:  # a library bug: surface it rather than reconnect forever
-            log.exception("chat client failed")
-            self._fail(Internal(f"client library failure: {exc!r}"))
-        finally:
-            self._live = None
-            self._notify()
-            self._stopped.set()
-
-    async def _connect_once(self) -> tuple[Session | None, ChatError | None]:
-        """One connection from upgrade to close: (the session if the upgrade succeeded, a
-        fatal error if reconnecting cannot help)."""
-        session: Session | None = None
-        try:
-            async with open_websocket_url(
-                self.url, extra_headers=[(b"authorization", f"Bearer {self._token}".encode())],
-                max_message_size=MAX_SERVER_FRAME_CHARS, connect_timeout=self._options.connect_timeout,
-                disconnect_timeout=2.0,
-            ) as ws:
-                session = Session(ws, self)
-                await self._run_session(session)
-        except ConnectionRejected as exc:
-            error = _refusal(exc)
-            if exc.status_code in FATAL_UPGRADE_STATUSES:
-                return session, error
-            self._problem = f"upgrade refused with HTTP {exc.status_code}"
-        except (HandshakeError, OSError) as exc:
-            self._problem = f"{type(exc).__name__}: {exc.__cause__ or exc}"
-        if session is not None and session.close_code is not None:
-            code, reason = session.close_code, session.close_reason
-            self._problem = f"closed with {code}" + (f" ({reason})" if reason else "")
-            if code == 4001:
-                return session, Unauthorized(f"the server closed the connection with 4001: {reason or 'token rejected or expired'}")
-        return session, None
-
-    async def _run_session(self, session: Session) -> None:
-        try:
-            async with trio.open_nursery() as nursery:
-                session.nursery = nursery
-                await nursery.start(session.run)
-                nursery.start_soon(self._abort_on_close, session)
-                with trio.move_on_after(self._options.connect_timeout) as timer:
-                    await session.synced.wait()
-                if timer.cancelled_caught:
-                    self._problem = "no welcome from the server"
-                    session.abort()
-                    return
-                self._connects += 1
-                assert session.welcome is not None
-                interval = self._options.keepalive or session.welcome.heartbeat
-                nursery.start_soon(session.keepalive, interval, interval)
-                await self._resume(session)
-                session.live, session.live_since = True, trio.current_time()
-                for stream in list(self._delivery.streams.values()):
-                    self._delivery.pump(session, stream, grace=False)
-                self._live = session
-                self._notify()
-                await session.ended.wait()
-        finally:
-            if self._live is session:
-                self._live = None
-                self._notify()
-
-    async def _abort_on_close(self, session: Session) -> None:
-        await self._closing.wait()
-        session.abort()
+    # ------------------------------------------------------------------ what the connection loop reports
 
     async def _resume(self, session: Session) -> None:
         """Join every followed room again, from where its stream stands."""
-        streams = [s for s in self._delivery.streams.values() if s.joined and s.confirmed]
-        if not streams:
-            return
+        rooms = [s.room for s in self._delivery.streams.values() if s.joined and s.confirmed]
         limiter = trio.CapacityLimiter(REJOIN_CONCURRENCY)
         async with trio.open_nursery() as nursery:
-            for stream in streams:
-                nursery.start_soon(self._rejoin, session, stream.room, limiter)
+            for room in rooms:
+                nursery.start_soon(self._rejoin, session, room, limiter)
 
     async def _rejoin(self, session: Session, room: str, limiter: trio.CapacityLimiter) -> None:
         async with limiter:
-            attempt = 0
-            while (stream := self._delivery.streams.get(room)) is not None and stream.joined:
-                try:
-                    await session.call(lambda ref: Join(room, since=stream.last, ref=ref), (Joined,))
-                    return
-                except SessionEnded:
-                    return
-                except (RateLimited, Unavailable) as exc:
-                    await trio.sleep(self._busy_delay(exc, attempt))
-                    attempt += 1
-                except ChatError as exc:  # forbidden now, or over the room cap
-                    self._delivery.problem(room, exc)
-                    return
+            stream = self._delivery.streams.get(room)
+            if stream is None or not stream.joined:
+                return  # left meanwhile
+            try:
+                await self._call_on(session, lambda ref: Join(room, since=stream.last, ref=ref), (Joined,))
+            except SessionEnded:
+                pass
+            except ChatError as exc:  # forbidden now, or over the room cap
+                self._delivery.problem(room, exc)
 
-    def _fail(self, error: ChatError) -> None:
+    def _session_live(self, session: Session) -> None:
+        for stream in list(self._delivery.streams.values()):
+            self._delivery.pump(session, stream, grace=False)  # gaps are read from the store now
+        self._live = session
+        self._notify()
+
+    def _session_down(self, session: Session) -> None:
+        if self._live is session:
+            self._live = None
+            self._notify()
+
+    def _failed(self, error: ChatError) -> None:
         if self._failure is None:
             log.info("chat to %s failed: %s", self.url, error)
             self._failure = error
@@ -431,16 +333,19 @@ class Chat:
             self._notify()
 
 
-def _refusal(exc: ConnectionRejected) -> ChatError:
-    """The error for an upgrade refused with an HTTP status (its JSON body names the code)."""
-    code, message = None, f"WebSocket upgrade refused with HTTP {exc.status_code}"
-    try:
-        body = orjson.loads(exc.body or b"")
-        if isinstance(body, dict):
-            code, message = body.get("error"), str(body.get("message") or message)
-    except orjson.JSONDecodeError:
-        pass
-    return error_for(code, message, status=exc.status_code)
+class _Hooks:
+    """The chat as its session (SessionHandler) and connection loop (ConnectorOwner) see it,
+    kept off `Chat`'s public surface."""
+
+    def __init__(self, chat: Chat) -> None:
+        self.on_welcome = chat._on_welcome
+        self.on_message = chat._on_message
+        self.on_reply = chat._on_reply
+        self.on_other = chat._on_other
+        self.resume = chat._resume
+        self.session_live = chat._session_live
+        self.session_down = chat._session_down
+        self.failed = chat._failed
 
 
 class _EventStream:
@@ -473,7 +378,7 @@ async def open_chat(url: str, *, token: str, **options: Any) -> AsyncIterator[Ch
     chat = Chat(url, token=token, options=ChatOptions(**options))
     error: BaseException | None = None
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(chat._supervise)
+        nursery.start_soon(chat._connector.run)
         try:
             await chat._live_session()
             yield chat
