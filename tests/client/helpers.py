@@ -3,15 +3,24 @@ reading a room's whole history, and the stream property every test checks."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
 
-from chat_actors.client import Backoff, Chat, Message
+from chat_actors.client import Backoff, Chat, Message, open_chat
 
 #: Reconnect quickly in tests (the policy itself is unit-tested in test_units.py).
 FAST = Backoff(initial=0.05, maximum=0.5)
 WAIT = 60.0
+
+
+async def wait_for(predicate: Any, timeout: float = WAIT) -> None:
+    """Poll `predicate()` until it holds (bounded; a state to reach, not a speed to measure)."""
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.02)
 
 
 def ws_via(port: int) -> str:
@@ -55,6 +64,36 @@ class Collector:
             while len(self.messages) < n:
                 await self._changed.wait()
         return self.messages
+
+
+@asynccontextmanager
+async def consuming(ws_url: str, token: str, room: str = "general", **options: Any) -> AsyncIterator[tuple[Chat, Collector]]:
+    """A chat that joined `room`, with a Collector reading its events in the background."""
+    async with open_chat(ws_url, token=token, backoff=FAST, **options) as chat:
+        await chat.join(room)
+        collector = Collector(chat, room)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collector.run)
+            yield chat, collector
+            nursery.cancel_scope.cancel()
+
+
+async def send_all(ws_url: str, token: str, texts: Iterable[str], room: str = "general",
+                   progress: list[int] | None = None) -> list[Message]:
+    """Join `room` on a chat of its own, send `texts` one by one (appending each ack's seq
+    to `progress`); the room's history after."""
+    async with open_chat(ws_url, token=token, backoff=FAST) as chat:
+        await chat.join(room)
+        for text in texts:
+            ack = await chat.send(room, text)
+            if progress is not None:
+                progress.append(ack.seq)
+        return await full_history(chat, room)
+
+
+def same_ports(server: Any) -> dict[str, int]:
+    """server_factory overrides that bring a server back on the ports `server` had."""
+    return {"ws_port": ws_port(server.ws_url), "http_port": int(server.http_url.rsplit(":", 1)[1])}
 
 
 async def collect(chat: Chat, room: str, until_seq: int, timeout: float = WAIT) -> list[Message]:

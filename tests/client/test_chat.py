@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import pytest
 import trio
 
 from chat_actors.client import (
-    Ack, ChatClosed, HistoryPage, Joined, Left, Message, PresenceEvent, PresenceList, ReadEvent, TypingEvent,
+    Ack, Chat, ChatClosed, HistoryPage, Joined, Left, Message, PresenceEvent, PresenceList, ReadEvent, TypingEvent,
     open_chat, publish,
 )
 
@@ -55,11 +58,7 @@ async def test_join_since_replays_then_continues_live(server):
 
 
 async def test_direct_messages_typing_read_and_presence(server):
-    alice, bob = await server.user("alice"), await server.user("bobby")
-    async with open_chat(server.ws_url, token=alice, backoff=FAST) as a, \
-            open_chat(server.ws_url, token=bob, backoff=FAST) as b:
-        await a.join("general")
-        await b.join("general")
+    async with alice_and_bob(server) as (a, b):
         ack = await b.dm("alice", "psst")
         assert ack.room == "dm:alice:bobby" and ack.seq == 1
         event = await _next(a, Message)
@@ -77,11 +76,7 @@ async def test_direct_messages_typing_read_and_presence(server):
 
 
 async def test_leave_ends_the_rooms_stream(server):
-    alice, bob = await server.user("alice"), await server.user("bobby")
-    async with open_chat(server.ws_url, token=alice, backoff=FAST) as a, \
-            open_chat(server.ws_url, token=bob, backoff=FAST) as b:
-        await a.join("general")
-        await b.join("general")
+    async with alice_and_bob(server) as (a, b):
         left = await a.leave("general")
         assert isinstance(left, Left) and left.room == "general"
         await b.send("general", "after the leave")
@@ -105,11 +100,7 @@ async def test_http_publish_appears_in_the_stream(server):
 async def test_a_program_that_does_not_read_loses_no_message(server):
     """A full events buffer: messages wait (held, then read again from the store), the
     connection keeps working (acks arrive), ephemeral events are dropped and counted."""
-    alice, bob = await server.user("alice"), await server.user("bobby")
-    async with open_chat(server.ws_url, token=alice, backoff=FAST) as a, \
-            open_chat(server.ws_url, token=bob, backoff=FAST, buffer_size=4, hold_limit=3) as b:
-        await a.join("general")
-        await b.join("general")
+    async with alice_and_bob(server, buffer_size=4, hold_limit=3) as (a, b):
         for i in range(30):
             await a.send("general", f"m{i}")
         await a.typing("general")
@@ -134,6 +125,17 @@ async def test_events_end_when_the_chat_closes(server):
         with pytest.raises(ChatClosed):
             await a.send("general", "too late")
         assert not a.connected
+
+
+@asynccontextmanager
+async def alice_and_bob(server, **bob_options) -> AsyncIterator[tuple[Chat, Chat]]:
+    """Two users' chats, both joined to `general` (alice first)."""
+    alice, bob = await server.user("alice"), await server.user("bobby")
+    async with open_chat(server.ws_url, token=alice, backoff=FAST) as a, \
+            open_chat(server.ws_url, token=bob, backoff=FAST, **bob_options) as b:
+        await a.join("general")
+        await b.join("general")
+        yield a, b
 
 
 async def _next(chat, kind, *, skip=(), timeout: float = 10.0):

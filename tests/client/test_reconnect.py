@@ -7,15 +7,20 @@ the server while its answers are lost, `blackhole()` swallows everything silentl
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import trio
 from faultproxy import FaultProxy
 
-from chat_actors.client import Message, open_chat
+from chat_actors.client import open_chat
 
 from integration.client import connect
 
-from .helpers import FAST, Collector, assert_stream_is_history, full_history, ws_port, ws_via
+from .helpers import (
+    FAST, Collector, assert_stream_is_history, consuming, full_history, same_ports, send_all, wait_for, ws_port,
+    ws_via,
+)
 
 
 @pytest.fixture
@@ -24,39 +29,22 @@ def server_overrides():
     return {"rate_per_second": 5000.0, "rate_burst": 5000}
 
 
-async def _wait_for(predicate, timeout: float = 30.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.02)
-
-
 async def test_cuts_mid_stream_leave_no_gap_and_no_repeat(server):
     alice, bob = await server.user("alice"), await server.user("bobby")
     total = 240
     async with FaultProxy(upstream_port=ws_port(server.ws_url)) as proxy, \
-            open_chat(ws_via(proxy.port), token=bob, backoff=FAST) as consumer, \
-            open_chat(server.ws_url, token=alice, backoff=FAST) as producer:
-        await consumer.join("general")
-        await producer.join("general")
-        collector = Collector(consumer, "general")
+            consuming(ws_via(proxy.port), bob) as (consumer, collector):
         acked: list[int] = []
-
-        async def produce() -> None:
-            for i in range(total):
-                acked.append((await producer.send("general", f"m{i}")).seq)
-
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(collector.run)
-            nursery.start_soon(produce)
+            nursery.start_soon(partial(send_all, server.ws_url, alice, [f"m{i}" for i in range(total)], progress=acked))
             for cut, when in enumerate((40, 100, 170)):
-                await _wait_for(lambda: len(acked) >= when)
+                await wait_for(lambda: len(acked) >= when)
                 proxy.cut()
                 await trio.sleep(0.05)  # messages keep being stored while the consumer is away
                 proxy.restore()
-                await _wait_for(lambda: consumer.statistics().connects == cut + 2)
+                await wait_for(lambda: consumer.statistics().connects == cut + 2)
             await collector.until(total)
-            nursery.cancel_scope.cancel()
-        assert_stream_is_history(collector.messages, await full_history(producer, "general"))
+        assert_stream_is_history(collector.messages, await full_history(consumer, "general"))
         assert consumer.statistics().connects == 4 and proxy.accepted >= 4
 
 
@@ -103,24 +91,19 @@ async def test_recovered_false_is_filled_by_history_pages(server):
     alice, bob = await server.user("alice"), await server.user("bobby")
     missed = 1_150
     async with FaultProxy(upstream_port=ws_port(server.ws_url)) as proxy, \
-            open_chat(ws_via(proxy.port), token=bob, backoff=FAST) as consumer, \
+            consuming(ws_via(proxy.port), bob) as (consumer, collector), \
             open_chat(server.ws_url, token=alice, backoff=FAST) as producer:
-        await consumer.join("general")
         await producer.join("general")
         await producer.send("general", "before the outage")
-        collector = Collector(consumer, "general")
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(collector.run)
-            await collector.until(1)
-            proxy.cut()  # the consumer stays away (new connections are refused) until restore
-            async with trio.open_nursery() as senders:
-                for i in range(missed):
-                    senders.start_soon(producer.send, "general", f"missed {i}")
-            proxy.restore()
-            await _wait_for(lambda: consumer.connected and consumer.statistics().connects == 2)
-            await producer.send("general", "live again")
-            await collector.until(missed + 2)
-            nursery.cancel_scope.cancel()
+        await collector.until(1)
+        proxy.cut()  # the consumer stays away (new connections are refused) until restore
+        async with trio.open_nursery() as senders:
+            for i in range(missed):
+                senders.start_soon(producer.send, "general", f"missed {i}")
+        proxy.restore()
+        await wait_for(lambda: consumer.connected and consumer.statistics().connects == 2)
+        await producer.send("general", "live again")
+        await collector.until(missed + 2)
         assert_stream_is_history(collector.messages, await full_history(producer, "general"))
         assert consumer.statistics().history_pages >= missed // 200
 
@@ -144,7 +127,7 @@ async def test_offline_direct_messages_are_delivered_once(server):
             await collector.until(3)
             proxy.cut()  # the next welcome replays 1..3 again
             proxy.restore()
-            await _wait_for(lambda: a.statistics().connects == 2 and a.connected)
+            await wait_for(lambda: a.statistics().connects == 2 and a.connected)
             await b.dm("alice", "after the reconnect")
             await collector.until(4)
             await a.read(room, 4)  # confirmed: no longer replayed after a welcome
@@ -169,19 +152,12 @@ async def test_the_keepalive_replaces_a_silent_connection(server):
     ping finds it, the chat reconnects and resumes."""
     alice, bob = await server.user("alice"), await server.user("bobby")
     async with FaultProxy(upstream_port=ws_port(server.ws_url)) as proxy, \
-            open_chat(ws_via(proxy.port), token=bob, backoff=FAST, keepalive=0.3, connect_timeout=2.0) as consumer, \
-            open_chat(server.ws_url, token=alice, backoff=FAST) as producer:
-        await consumer.join("general")
-        await producer.join("general")
-        collector = Collector(consumer, "general")
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(collector.run)
-            proxy.blackhole()
-            await producer.send("general", "sent into the silence")
-            await _wait_for(lambda: not consumer.connected)
-            proxy.restore()
-            await collector.until(1)
-            nursery.cancel_scope.cancel()
+            consuming(ws_via(proxy.port), bob, keepalive=0.3, connect_timeout=2.0) as (consumer, collector):
+        proxy.blackhole()
+        await send_all(server.ws_url, alice, ["sent into the silence"])
+        await wait_for(lambda: not consumer.connected)
+        proxy.restore()
+        await collector.until(1)
         assert [m.text for m in collector.messages] == ["sent into the silence"]
         assert consumer.statistics().connects >= 2
 
@@ -191,29 +167,15 @@ async def test_a_graceful_restart_1001_is_resumed(server_factory):
     database; the chat reconnects by itself and the stream goes on without a gap."""
     first = await server_factory()
     alice, bob = await first.user("alice"), await first.user("bobby")
-    ports = {"ws_port": ws_port(first.ws_url), "http_port": int(first.http_url.rsplit(":", 1)[1])}
-    async with open_chat(first.ws_url, token=bob, backoff=FAST) as consumer:
-        await consumer.join("general")
-        collector = Collector(consumer, "general")
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(collector.run)
-            async with open_chat(first.ws_url, token=alice, backoff=FAST) as producer:
-                await producer.join("general")
-                for i in range(5):
-                    await producer.send("general", f"before {i}")
-            await collector.until(5)
-            await first.stop()
-            second = await server_factory(**ports)
-            async with open_chat(second.ws_url, token=alice, backoff=FAST) as producer:
-                await producer.join("general")
-                for i in range(5):
-                    await producer.send("general", f"after {i}")
-                await collector.until(10)
-                history = await full_history(producer, "general")
-            nursery.cancel_scope.cancel()
-        assert_stream_is_history(collector.messages, history)
-        assert consumer.statistics().connects == 2
-        assert all(isinstance(m, Message) for m in collector.messages)
+    async with consuming(first.ws_url, bob) as (consumer, collector):
+        await send_all(first.ws_url, alice, (f"before {i}" for i in range(5)))
+        await collector.until(5)
+        await first.stop()
+        second = await server_factory(**same_ports(first))
+        history = await send_all(second.ws_url, alice, (f"after {i}" for i in range(5)))
+        await collector.until(10)
+    assert_stream_is_history(collector.messages, history)
+    assert consumer.statistics().connects == 2
 
 
 async def test_a_server_restored_from_an_older_backup_does_not_silence_the_stream(server_factory, tmp_path):
@@ -222,32 +184,20 @@ async def test_a_server_restored_from_an_older_backup_does_not_silence_the_strea
     messages instead of dropping them as "duplicates" of seqs it already handed over."""
     first = await server_factory()
     alice, bob = await first.user("alice"), await first.user("bobby")
-    ports = {"ws_port": ws_port(first.ws_url), "http_port": int(first.http_url.rsplit(":", 1)[1])}
-    database = tmp_path / "chat.db"
-    backup = tmp_path / "backup.db"
-    async with open_chat(first.ws_url, token=bob, backoff=FAST) as consumer:
-        await consumer.join("general")
-        collector = Collector(consumer, "general")
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(collector.run)
-            async with open_chat(first.ws_url, token=alice, backoff=FAST) as producer:
-                await producer.join("general")
-                for i in range(8):
-                    if i == 3:
-                        await trio.to_thread.run_sync(_sqlite_backup, database, backup)
-                    await producer.send("general", f"before {i}")
-            await collector.until(8)
-            await first.stop()
-            for suffix in ("", "-wal", "-shm"):
-                (tmp_path / f"chat.db{suffix}").unlink(missing_ok=True)
-            backup.rename(database)
-            second = await server_factory(**ports)
-            await _wait_for(lambda: consumer.connected and consumer.statistics().connects == 2)
-            async with open_chat(second.ws_url, token=alice, backoff=FAST) as producer:
-                await producer.join("general")
-                await producer.send("general", "after the restore")  # seq 4 again
-                await collector.count(9)
-            nursery.cancel_scope.cancel()
+    database, backup = tmp_path / "chat.db", tmp_path / "backup.db"
+    async with consuming(first.ws_url, bob) as (consumer, collector):
+        await send_all(first.ws_url, alice, (f"before {i}" for i in range(3)))
+        await trio.to_thread.run_sync(_sqlite_backup, database, backup)
+        await send_all(first.ws_url, alice, (f"before {i}" for i in range(3, 8)))
+        await collector.until(8)
+        await first.stop()
+        for suffix in ("", "-wal", "-shm"):
+            (tmp_path / f"chat.db{suffix}").unlink(missing_ok=True)
+        backup.rename(database)
+        second = await server_factory(**same_ports(first))
+        await wait_for(lambda: consumer.connected and consumer.statistics().connects == 2)
+        await send_all(second.ws_url, alice, ["after the restore"])  # seq 4 again
+        await collector.count(9)
     assert [(m.seq, m.text) for m in collector.messages] == [
         *((i + 1, f"before {i}") for i in range(8)), (4, "after the restore"),
     ]
