@@ -201,9 +201,11 @@ class Chat:
         self._changed = trio.Event()
 
     async def _live_session(self) -> Session:
+        """The live session; waits while there is none (or the live one is ending: its
+        end is reported a moment after its requests are woken)."""
         while True:
             self._check_open()
-            if self._live is not None:
+            if self._live is not None and not self._live.ended.is_set():
                 return self._live
             await self._changed.wait()
 

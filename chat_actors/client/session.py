@@ -99,7 +99,7 @@ class Session:
         self.close_code: int | None = None
         self.close_reason: str | None = None
         self.nursery: trio.Nursery | None = None
-        #: set by the chat once every joined room was resumed on this connection; gaps are
+        #: set once every joined room was resumed on this connection; gaps are
         #: read from the store only from then on (before, the replays are still arriving)
         self.live = False
         self.live_since = 0.0
