@@ -208,3 +208,27 @@ def _sqlite_backup(source, target) -> None:
 
     with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
         src.backup(dst)
+
+
+async def test_a_send_waits_through_an_outage_until_acked_or_the_callers_deadline(server):
+    alice = await server.user("alice")
+    # connect_timeout: the proxy resets connections it has accepted, which trio-websocket
+    # reports only when the attempt times out (a refused connection fails at once)
+    async with FaultProxy(upstream_port=ws_port(server.ws_url)) as proxy, \
+            open_chat(ws_via(proxy.port), token=alice, backoff=FAST, connect_timeout=1.0) as chat:
+        await chat.join("general")
+        proxy.cut()  # the server is out of reach until restore()
+        with pytest.raises(trio.TooSlowError), trio.fail_after(0.5):
+            await chat.send("general", "the caller gave up", id="gave-up")
+        acks = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: _append(acks, chat.send("general", "worth the wait", id="waited")))
+            await wait_for(lambda: proxy.accepted >= 3)  # the chat is trying to reconnect
+            assert not acks
+            proxy.restore()
+        assert [a.id for a in acks] == ["waited"]
+        assert [m.id for m in await full_history(chat, "general")] == ["waited"]
+
+
+async def _append(out: list, awaitable) -> None:
+    out.append(await awaitable)
