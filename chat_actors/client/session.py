@@ -90,7 +90,7 @@ class Session:
         self.ws = ws
         self._handler = handler
         self._refs = itertools.count(1)
-        self._waiting: dict[int, Request] = {}
+        self._waiting: dict[str | int, Request] = {}
         self.welcome: Welcome | None = None
         self.welcomed = trio.Event()
         self.synced = trio.Event()
@@ -189,25 +189,24 @@ class Session:
             self._end()
 
     def _dispatch(self, event: Event) -> None:
-        kind = type(event)
-        if kind is Message:
-            self._handler.on_message(self, event)  # type: ignore[arg-type]
+        if isinstance(event, Message):
+            self._handler.on_message(self, event)
             return
         ref = getattr(event, "ref", None)
-        request = self._waiting.get(ref) if ref is not None else None  # type: ignore[arg-type]
-        if request is not None and (kind is ErrorEvent or isinstance(event, request.replies)):
-            del self._waiting[ref]  # type: ignore[arg-type]
-            if kind is ErrorEvent:
-                request.fail(error_for(event.code, event.message, ref=ref))  # type: ignore[attr-defined]
+        request = self._waiting.get(ref) if ref is not None else None
+        if ref is not None and request is not None and isinstance(event, (ErrorEvent, *request.replies)):
+            del self._waiting[ref]
+            if isinstance(event, ErrorEvent):
+                request.fail(error_for(event.code, event.message, ref=ref))
             else:
                 self._handler.on_reply(self, request, event)
                 request.resolve(event)
             return
-        if kind is Welcome:
-            self.welcome = event  # type: ignore[assignment]
-            self._handler.on_welcome(self, event)  # type: ignore[arg-type]
+        if isinstance(event, Welcome):
+            self.welcome = event
+            self._handler.on_welcome(self, event)
             self.welcomed.set()
-        elif kind is Synced:
+        elif isinstance(event, Synced):
             self.synced.set()
         else:
             self._handler.on_other(self, event)
