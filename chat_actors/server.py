@@ -43,7 +43,8 @@ from .registry import Registry
 from .room import RoomDeps
 from .sessions import Sessions
 from .store import open_store
-from .transport import TransportSettings, WsServer
+from .transport import TransportSettings
+from .ws_server import WsServer
 
 log = logging.getLogger(__name__)
 
