@@ -506,8 +506,16 @@ export class ChatClient extends Emitter {
       joined = await this._request(frame);
     } catch (err) {
       if (err.code === 'disconnected') return null;
+      if (RETRYABLE.has(err.code)) {  // the server is busy or its store is down: try again
+        setTimeout(() => { if (!room.joined && this.state === ConnectionState.LIVE) this._join(room).catch(() => {}); },
+                   2000 + Math.random() * 2000);
+        throw err;
+      }
       room.member = false;
       room.wanted = false;
+      for (const item of this.pendingIn(room.name)) {  // they cannot go out: say so
+        if (item.kind === 'send' && item.status === 'pending') this._onSendError(item, err);
+      }
       this.emit('rooms');
       throw err;
     }
@@ -961,9 +969,7 @@ export class ChatClient extends Emitter {
   /** GET /api/rooms: public rooms and the user's private and direct ones. */
   async listRooms() {
     const { rooms } = await this._http('/api/rooms');
-    for (const r of rooms) {
-      if (this.rooms.has(r.name)) this.rooms.get(r.name).private = r.private;
-    }
+    for (const r of rooms) this._room(r.name).private = r.private;
     return rooms;
   }
 

@@ -140,13 +140,18 @@ class WsTap:
         self.connections = 0
         self.drop_next: str | None = None     # "send" or "ack"
         self.dropped: list[dict[str, Any]] = []
-        self._current: tuple[Any, Any] | None = None
+        self.refuse = False                    # close every new connection at once
+        self.forget_replay: set[str] = set()   # next connection: these rooms answer recovered:false
+        self.hidden: list[dict[str, Any]] = []
         page.route_web_socket(re.compile(r"/ws(\?.*)?$"), self._route)
 
     def _route(self, page_side: Any) -> None:
+        if self.refuse:
+            page_side.close(code=1011, reason="test: refused")
+            return
         server_side = page_side.connect_to_server()
         self.connections += 1
-        self._current = (page_side, server_side)
+        replaying, self.forget_replay = self.forget_replay, set()
 
         def upstream(message: Any) -> None:
             frame = _frame(message)
@@ -161,6 +166,14 @@ class WsTap:
             if frame.get("type") == self.drop_next == "ack":
                 self._drop(frame, page_side, server_side)
                 return
+            if frame.get("room") in replaying:
+                # as if more were missed than the server replays: no replay, recovered false
+                if frame["type"] == "message":
+                    self.hidden.append(frame)
+                    return
+                if frame["type"] == "joined":
+                    replaying.discard(frame["room"])
+                    message = json.dumps({**frame, "recovered": False})
             self.to_page.append(frame)
             page_side.send(message)
 

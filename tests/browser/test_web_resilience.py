@@ -110,6 +110,37 @@ def test_unacked_send_is_resent_with_the_same_id(pages, server):
     assert added[0] == "pending", added
 
 
+def test_recovered_false_is_filled_from_history(pages, server):
+    alice = ChatUser(pages.open("alice"), "alice")
+    tap = WsTap(alice.page)
+    alice.register()
+    bob = ChatUser(pages.open("bob"), "bob").register()
+    bob.send("seen live")
+    alice.expect_message("seen live")
+    last_seen = max(alice.seqs())
+
+    # alice is offline while messages keep coming...
+    tap.refuse = True
+    tap.close_page_side(1011, "test: cut")
+    expect(alice.page.locator("#conn")).to_have_attribute("data-state", "offline", timeout=WAIT_MS)
+    for n in range(1, 8):
+        server.publish("general", f"missed {n}", f"missed-{n}")
+    # ...and on her return the server replays nothing and says recovered: false
+    tap.forget_replay = {"general"}
+    tap.refuse = False
+    alice.page.get_by_role("button", name="Retry now").click()
+    alice.expect_live()
+
+    for n in range(1, 8):
+        alice.expect_message(f"missed {n}")
+    assert tap.hidden, "the tap hid the replay"
+    joins = [f for f in tap.to_server if f.get("type") == "join" and f.get("room") == "general"]
+    assert joins[-1]["since"] == last_seen
+    pages_asked = [f for f in tap.to_server if f.get("type") == "history" and f.get("room") == "general"]
+    assert pages_asked and pages_asked[-1]["after"] == last_seen
+    assert _contiguous(alice.seqs()) and alice.texts()[-7:] == [f"missed {n}" for n in range(1, 8)]
+
+
 def test_close_codes_as_a_user_expects(pages):
     alice = ChatUser(pages.open("alice"), "alice")
     tap = WsTap(alice.page)
