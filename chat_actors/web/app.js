@@ -520,6 +520,7 @@ function wireStaticControls() {
     if (open) ui.sidebar.querySelector('button')?.focus();
   });
   ui.scrim.addEventListener('click', () => { closeSidebar(); closeMembers(); });
+  $('close-members').addEventListener('click', () => { closeMembers(); ui.toggleMembers.focus(); });
   ui.toggleMembers.addEventListener('click', () => {
     const open = !ui.chat.classList.contains('members-open');
     ui.chat.classList.toggle('members-open', open);

@@ -12,6 +12,15 @@ WAIT_MS = 20_000
 PASSWORD = "correct horse battery"
 
 
+def wait_until(page: Any, condition: Any, what: str) -> None:
+    """Wait (bounded) for `condition()`; waiting on the page lets Playwright's handlers run."""
+    for _ in range(WAIT_MS // 100):
+        if condition():
+            return
+        page.wait_for_timeout(100)
+    raise AssertionError(f"timed out: {what}")
+
+
 class ChatUser:
     """One person on one page."""
 

@@ -6,7 +6,7 @@ import re
 
 from playwright.sync_api import expect
 
-from .chat_page import WAIT_MS, ChatUser
+from .chat_page import WAIT_MS, ChatUser, WsTap, wait_until
 
 XSS = "<img src=x onerror=alert(1)>"
 
@@ -81,7 +81,9 @@ def test_register_create_room_and_talk(pages, artifacts):
 
 
 def test_direct_messages_and_other_devices(pages, artifacts):
-    alice = ChatUser(pages.open("alice"), "alice").register()
+    alice = ChatUser(pages.open("alice"), "alice")
+    tap = WsTap(alice.page)  # to know when alice's first tab has heard something
+    alice.register()
     bob = ChatUser(pages.open("bob"), "bob").register()
 
     # a DM to nobody is refused with a clear message
@@ -117,6 +119,16 @@ def test_direct_messages_and_other_devices(pages, artifacts):
     for user in (alice, second, bob):
         seqs = user.seqs()
         assert seqs == sorted(set(seqs)) and len(seqs) == 3, (user.name, seqs)
+
+    # read on one device, read everywhere: the first tab's unread count follows the second's
+    alice.open_room("general")
+    bob.send("did you see this on your phone?")
+    second.expect_message("did you see this on your phone?")
+    wait_until(alice.page, lambda: any(
+        f.get("type") == "read" and f.get("user") == "alice" and f.get("room") == "dm:alice:bob" and f.get("seq") == 4
+        for f in tap.to_page), "the first tab hears the second tab's read")
+    assert any(f.get("type") == "message" and f.get("seq") == 4 for f in tap.to_page)
+    expect(alice.badge("dm:alice:bob")).to_have_count(0)
     artifacts(bob.page, "bob-dm")
 
 
