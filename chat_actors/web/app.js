@@ -316,9 +316,23 @@ function openRoom(name) {
   renderTyping([...chat.room(name).typing.keys()]);
   renderSidebar();
   timeline.show(name);
-  chat.load(name).catch(() => { /* loaded again after the next reconnect */ });
+  chat.load(name).catch((err) => {
+    if (err.code === 'forbidden' || err.code === 'not_found') {  // removed, or gone: say so
+      toast(`#${name} cannot be opened: ${err.message}`, 'error');
+      if (current === name) showNoRoom();
+    }
+    // otherwise (disconnected) it loads again after the next reconnect
+  });
   ui.input.placeholder = chat.room(name).direct ? `Message ${roomLabel(chat.room(name))}` : `Message #${name}`;
   ui.input.focus({ preventScroll: true });
+}
+
+function showNoRoom() {
+  current = null;
+  sessionStorage.removeItem(ROOM_KEY);
+  ui.conversation.hidden = true;
+  ui.noRoom.hidden = false;
+  renderSidebar();
 }
 
 function renderRoomHeader() {
@@ -513,12 +527,14 @@ function wireStaticControls() {
   for (const button of document.querySelectorAll('[data-close]')) {
     button.addEventListener('click', () => button.closest('dialog').close());
   }
-  ui.openSidebar.addEventListener('click', () => {
+  const toggleSidebar = () => {
     const open = !ui.chat.classList.contains('sidebar-open');
     ui.chat.classList.toggle('sidebar-open', open);
     ui.openSidebar.setAttribute('aria-expanded', String(open));
-    if (open) ui.sidebar.querySelector('button')?.focus();
-  });
+    if (open) (ui.sidebar.querySelector('.room-link[aria-current=page]') || ui.browseButton).focus();
+  };
+  ui.openSidebar.addEventListener('click', toggleSidebar);
+  $('no-room-menu').addEventListener('click', toggleSidebar);
   ui.scrim.addEventListener('click', () => { closeSidebar(); closeMembers(); });
   $('close-members').addEventListener('click', () => { closeMembers(); ui.toggleMembers.focus(); });
   ui.toggleMembers.addEventListener('click', () => {
