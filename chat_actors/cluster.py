@@ -14,8 +14,10 @@ room's Redis hash `presence:<room>`, field `<user>|<instance>`, from which a roo
 that starts reads the snapshot. An instance is the node id plus a random suffix per
 process, so a node restarted under the same CHAT_NODE_ID never inherits the entries of its
 previous life. Each instance holds a lease `lease:<instance>` (CHAT_NODE_LEASE, renewed
-every third of it); when one lapses, every room forgets that instance's users after the
-grace period.
+every third of it) and lists itself in the hash `instances`, so every node watches every
+other one, even one it never heard a word from; when a lease lapses, every room forgets that
+instance's users after the grace period and reads its head from the store: a node that dies
+may have committed, and acked, messages that never got onto the bus.
 
 A single node (`local://`) runs no link at all: nobody else could hear it, and the hot
 path pays nothing for the cluster.
@@ -61,6 +63,8 @@ KV_QUEUE = 10_000
 DROP_CHECK_S = 1.0
 #: The longest a starting room actor waits for its presence snapshot.
 SNAPSHOT_TIMEOUT_S = 1.0
+#: The hash every live instance lists itself in (field: instance, value: node id).
+INSTANCES_KEY = "instances"
 
 
 def instance_id(node_id: str) -> str:
@@ -258,16 +262,22 @@ class ClusterLink:
                 self._catch_up.set()    # rewritten once the bus is back
 
     async def _lease_loop(self) -> None:
-        """Renew this instance's lease every third of it; find the instances whose lapsed."""
+        """Renew this instance's lease every third of it; find the instances whose lapsed
+        (every instance listed in `instances`, not only those seen in presence)."""
         kv = self.bus.kv
         period = self.lease_s / 3
         while True:
             try:
                 await kv.set(f"lease:{self.instance}", self.node_id, ttl_s=self.lease_s)
+                await kv.hset(INSTANCES_KEY, self.instance, self.node_id)
                 self._metrics.lease_renewals.inc()
-                for instance in sorted(self._known):
+                listed = set(await kv.hgetall(INSTANCES_KEY))
+                for instance in sorted((listed | self._known) - {self.instance}):
                     if await kv.get(f"lease:{instance}") is None:
-                        await self._forget(instance)
+                        if instance not in self._dead:
+                            await self._forget(instance)
+                        if instance in listed:
+                            await kv.hdel(INSTANCES_KEY, instance)
             except BusUnavailable as exc:
                 log.debug("lease renewal: %s", exc)
             await trio.sleep(period)
