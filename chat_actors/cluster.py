@@ -207,12 +207,21 @@ class ClusterLink:
 
     # -- presence ---------------------------------------------------------------------------------
     def saw_instance(self, instance: str) -> bool:
-        """Note another instance's presence; False when its lease is known to be gone."""
-        if instance in self._dead:
-            return False
+        """Note another instance's presence (always True: a relay is a sign of life).
+
+        An instance whose lease had lapsed may only have been cut off from Redis; when it
+        is back it announces its users again, and they count again. Its lease is checked at
+        the next renewal: if it is really gone, the instance is forgotten once more.
+        """
         if instance != self.instance:
+            self._revive(instance)
             self._known.add(instance)
         return True
+
+    def _revive(self, instance: str) -> None:
+        if instance in self._dead:
+            self._dead.discard(instance)
+            log.info("node instance %s: alive again", instance)
 
     async def presence_snapshot(self, room: str) -> dict[str, dict[str, int]]:
         """The other live instances' users in `room` ({} when the bus does not answer soon)."""
@@ -239,14 +248,13 @@ class ClusterLink:
         return entries
 
     async def _alive(self, instance: str) -> bool:
-        """Whether another instance holds its lease (asked once, then watched by the lease loop)."""
-        if instance in self._dead:
-            return False
+        """Whether another instance holds its lease (asked, then watched by the lease loop)."""
         if instance in self._known:
             return True
         if await self.bus.kv.get(f"lease:{instance}") is None:
             self._dead.add(instance)
             return False
+        self._revive(instance)
         self._known.add(instance)
         return True
 
@@ -273,11 +281,14 @@ class ClusterLink:
                 self._metrics.lease_renewals.inc()
                 listed = set(await kv.hgetall(INSTANCES_KEY))
                 for instance in sorted((listed | self._known) - {self.instance}):
-                    if await kv.get(f"lease:{instance}") is None:
-                        if instance not in self._dead:
-                            await self._forget(instance)
-                        if instance in listed:
-                            await kv.hdel(INSTANCES_KEY, instance)
+                    if await kv.get(f"lease:{instance}") is not None:
+                        self._revive(instance)      # back after being cut off from Redis
+                        self._known.add(instance)
+                        continue
+                    if instance not in self._dead:
+                        await self._forget(instance)
+                    if instance in listed:
+                        await kv.hdel(INSTANCES_KEY, instance)
             except BusUnavailable as exc:
                 log.debug("lease renewal: %s", exc)
             await trio.sleep(period)
