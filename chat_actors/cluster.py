@@ -47,10 +47,13 @@ from .bus import (
     TypingRelay,
 )
 from .commands import CatchUpCmd, GrantCmd, NodeGoneCmd, RemoteCmd
+from .errors import ChatError
 
 if TYPE_CHECKING:
     from .metrics import Metrics
     from .registry import Registry
+    from .sessions import Sessions
+    from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +89,8 @@ class ClusterLink:
         self.lease_s = lease_s
         self._metrics = metrics
         self._registry: Registry | None = None
+        self._store: Store | None = None
+        self._sessions: Sessions | None = None
         self._user_subs: dict[str, Subscription] = {}
         #: (hash key, field, value or None to delete): this instance's entries, in order
         self._kv_send, self._kv_receive = trio.open_memory_channel[tuple[str, str, str | None]](KV_QUEUE)
@@ -97,8 +102,12 @@ class ClusterLink:
         self._catch_up = trio.Event()
         self._stop_watch = lambda: None
 
-    def bind(self, registry: Registry) -> None:
+    def bind(self, registry: Registry, store: Store | None = None, sessions: Sessions | None = None) -> None:
+        """The registry that owns the room actors; the store and sessions let the link find
+        the direct messages this node's devices missed while the bus was away."""
         self._registry = registry
+        self._store = store
+        self._sessions = sessions
 
     # -- lifetime ---------------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -344,3 +353,38 @@ class ClusterLink:
                 for user, count in list(self._conns.items()):
                     self._write(f"conns:{user}", self.instance, str(count))
                 await self._registry.broadcast(CatchUpCmd)
+                await self._direct_catch_up()
+
+    async def _direct_catch_up(self) -> None:
+        """Direct messages other nodes committed while this node may not have heard them
+        reach this node's devices: a direct room with an actor here catches up like any
+        room, but one without an actor has nobody to notice. So, for every user connected
+        here, the store says which direct rooms went past what the user's devices here were
+        handed, and those rooms' actors start (or are told) from the lowest such seq; each
+        device drops what it has already (`Peer.direct_seen`).
+
+        One store read per user connected here, one user at a time; if the store fails, the
+        rest is tried again at the next loss check.
+        """
+        registry, store, sessions = self._registry, self._store, self._sessions
+        if registry is None or store is None or sessions is None:
+            return
+        starts: dict[str, int] = {}
+        for user in list(self._conns):
+            devices = list(sessions.connections_of(user))
+            if not devices:
+                continue
+            try:
+                rooms = await store.user_rooms(user)
+            except ChatError as exc:
+                log.warning("direct rooms of %s not readable for a catch-up: %s", user, exc)
+                self._catch_up.set()
+                return
+            for entry in rooms:
+                if not entry.room.startswith("dm:"):
+                    continue
+                seen = min(device.direct_seen(entry.room) for device in devices)
+                if entry.seq > seen:
+                    starts[entry.room] = min(seen, starts.get(entry.room, seen))
+        for room, seen in sorted(starts.items()):
+            registry.offer(room, CatchUpCmd(presence=False), spawn=True, start_below=seen)

@@ -197,3 +197,36 @@ async def test_a_node_cut_off_longer_than_its_lease_counts_again_when_back(proxi
         for conn in (b2, c3):
             assert _members(await conn.presence(ROOM)) == {"bob": 1, "carol": 1}
         assert not [e for e in c3.buffer if e["type"] == "presence" and e["user"] == "alice"], c3.buffer
+
+
+async def test_direct_messages_committed_while_a_node_is_cut_off_reach_its_devices(proxied_cluster: Cluster) -> None:
+    """Alice writes to bob while bob's node has lost Redis: the first direct message of the
+    two (no node had an actor for their room) and two more. Every device on that node gets
+    each message once the bus is back, without a reconnect, and none twice (`late`, which
+    connected during the outage, had the first one in its welcome)."""
+    cluster = proxied_cluster
+    n1, n2, n3 = cluster.nodes
+    alice, bob = await cluster.users("alice", "bob")
+    room = "dm:alice:bob"
+    async with n1.connect(bob) as b1, n1.connect(alice) as a1, n2.connect(alice) as a2, n3.connect(alice) as a3:
+        await _outage(cluster, "cut", [n1])
+        acks = [await a2.dm("bob", "are you there?", id="q1")]
+        assert acks[0]["seq"] == 1, acks
+        async with n1.connect(bob) as late:
+            assert [m["id"] for m in late.offline] == ["q1"]
+            acks += [await a2.dm("bob", f"hello? {i}", id=f"q{i}") for i in (2, 3)]
+            assert [a["seq"] for a in acks] == [1, 2, 3]
+            assert seqs(await a3.messages(room, 3)) == [1, 2, 3]   # n2 and n3 share a bus
+            cluster.restore_bus(n1)
+            for device in (b1, a1):
+                got = await device.messages(room, 3, timeout=RESUME_S)
+                assert [(m["seq"], m["id"], m["ts"]) for m in got] == [(a["seq"], a["id"], a["ts"]) for a in acks]
+            got = await late.messages(room, 2, timeout=RESUME_S)
+            assert [m["id"] for m in got] == ["q2", "q3"]
+            answer = await b1.dm("alice", "yes", id="a")
+            assert answer["seq"] == 4
+            for device in (a1, a2, a3, late):
+                got = await device.expect("message", room=room, id="a", timeout=RESUME_S)
+                assert got["seq"] == 4
+            for device in (b1, a1, a2, a3, late):
+                await device.assert_silent(0.5)
