@@ -100,6 +100,8 @@ class ClusterLink:
         self._known: set[str] = set()
         self._dead: set[str] = set()
         self._catch_up = trio.Event()
+        #: set when the bus is back: the loss watch waits on it while a catch-up is owed
+        self._bus_back = trio.Event()
         self._stop_watch = lambda: None
 
     def bind(self, registry: Registry, store: Store | None = None, sessions: Sessions | None = None) -> None:
@@ -336,6 +338,8 @@ class ClusterLink:
         log.warning("bus %s%s", change.state, f" ({change.reason})" if change.reason else "")
         if change.reconnected:
             self._catch_up.set()
+        if change.state == "ok":
+            self._bus_back.set()
 
     async def _loss_watch(self) -> None:
         """Every active room catches up after anything that may have lost events."""
@@ -354,6 +358,12 @@ class ClusterLink:
                     self._write(f"conns:{user}", self.instance, str(count))
                 await self._registry.broadcast(CatchUpCmd)
                 await self._direct_catch_up()
+            elif self._catch_up.is_set():
+                # nothing can be caught up while the bus is down: wait for it to come back
+                # (the event stays set, so waiting on it would spin)
+                self._bus_back = trio.Event()
+                with trio.move_on_after(DROP_CHECK_S):
+                    await self._bus_back.wait()
 
     async def _direct_catch_up(self) -> None:
         """Direct messages other nodes committed while this node may not have heard them

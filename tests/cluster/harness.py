@@ -15,6 +15,7 @@ nothing here measures speed.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -98,6 +99,11 @@ class Node:
         headers = auth(token) if token else {"X-Api-Key": API_KEY}
         async with self.http() as h:
             return await h.post(f"/api/rooms/{room}/messages", json={"id": id, "text": text}, headers=headers)
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the node's process has used so far."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     async def kill(self) -> None:
         """kill -9: nothing is flushed, no close frame goes out."""
