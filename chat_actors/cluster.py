@@ -287,9 +287,7 @@ class ClusterLink:
         period = self.lease_s / 3
         while True:
             try:
-                await kv.set(f"lease:{self.instance}", self.node_id, ttl_s=self.lease_s)
-                await kv.hset(INSTANCES_KEY, self.instance, self.node_id)
-                self._metrics.lease_renewals.inc()
+                await self._renew_lease()
                 listed = set(await kv.hgetall(INSTANCES_KEY))
                 for instance in sorted((listed | self._known) - {self.instance}):
                     if await kv.get(f"lease:{instance}") is not None:
@@ -303,6 +301,12 @@ class ClusterLink:
             except BusUnavailable as exc:
                 log.debug("lease renewal: %s", exc)
             await trio.sleep(period)
+
+    async def _renew_lease(self) -> None:
+        """Hold this instance's lease for another CHAT_NODE_LEASE and stay listed."""
+        await self.bus.kv.set(f"lease:{self.instance}", self.node_id, ttl_s=self.lease_s)
+        await self.bus.kv.hset(INSTANCES_KEY, self.instance, self.node_id)
+        self._metrics.lease_renewals.inc()
 
     async def _forget(self, instance: str) -> None:
         log.info("node instance %s: lease gone, its users leave after the grace period", instance)
@@ -353,6 +357,13 @@ class ClusterLink:
                 self._catch_up.set()
             last = dropped
             if self._catch_up.is_set() and self.bus.state == "ok" and self._registry is not None:
+                try:
+                    # the lease first: after an outage it may have lapsed, and a node that
+                    # hears our presence again must find it (or it forgets us once more)
+                    await self._renew_lease()
+                except BusUnavailable:
+                    await trio.sleep(DROP_CHECK_S)  # down again: the next check tries once more
+                    continue
                 self._catch_up = trio.Event()
                 for user, count in list(self._conns.items()):
                     self._write(f"conns:{user}", self.instance, str(count))

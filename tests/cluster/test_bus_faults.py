@@ -193,7 +193,12 @@ async def test_a_node_cut_off_longer_than_its_lease_counts_again_when_back(proxi
         cluster.restore_bus(n1)
         for conn in (b2, c3):
             await conn.expect("presence", room=ROOM, user="alice", status="online", timeout=RESUME_S)
+        # and stay online: long enough for a wrong second "offline" (lease check and grace)
+        await trio.sleep(NODE_LEASE_S + PRESENCE_GRACE_S + 1.0)
+        for conn in (b2, c3):
             assert _members(await conn.presence(ROOM)) == {"alice": 1, "bob": 1, "carol": 1}
+            flips = [e for e in conn.buffer if e["type"] == "presence" and e["user"] == "alice"]
+            assert not flips, flips
         # alice's own node heard nothing of bob and carol leaving meanwhile: nobody left
         assert _members(await a1.presence(ROOM)) == {"alice": 1, "bob": 1, "carol": 1}
         # presence works across nodes as before: alice leaves
