@@ -18,7 +18,7 @@ import contextlib
 import os
 import re
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ import httpx
 import trio
 
 from faultproxy import FaultProxy
-from integration.client import Conn, TIMEOUT, auth, connect, http, register
+from integration.client import Conn, auth, connect, http, register
 from proc import ServerProcess
 
 SECRET = "cluster-test-secret-" + "0123456789abcdef" * 2
@@ -46,13 +46,15 @@ def _host_port(url: str) -> tuple[str, int]:
     return parts.hostname or "127.0.0.1", parts.port or 0
 
 
-def _with_address(url: str, port: int, query: dict[str, str]) -> str:
+def _with_address(url: str, port: int | None = None, query: dict[str, str] | None = None) -> str:
+    """`url` pointing at 127.0.0.1:`port` (a proxy; None: the host and port unchanged), with
+    `query` added to its options."""
     parts = urllib.parse.urlsplit(url)
     netloc = parts.netloc.rsplit("@", 1)
-    host = f"127.0.0.1:{port}"
-    netloc[-1] = host
+    if port is not None:
+        netloc[-1] = f"127.0.0.1:{port}"
     merged = dict(urllib.parse.parse_qsl(parts.query))
-    merged.update(query)
+    merged.update(query or {})
     return urllib.parse.urlunsplit(parts._replace(netloc="@".join(netloc), query=urllib.parse.urlencode(merged)))
 
 
@@ -126,8 +128,6 @@ class Cluster:
         self.proxied = proxied
         self.args = tuple(args)
         self.nodes: list[Node] = []
-        self.secret = SECRET
-        self.api_key = API_KEY
 
     def __getitem__(self, index: int) -> Node:
         return self.nodes[index]
@@ -157,8 +157,8 @@ class Cluster:
         if self.proxied:
             redis_proxy = await self._proxy(self.bus_url)
             pg_proxy = await self._proxy(self.store_url)
-            bus = _with_address(bus, redis_proxy.port, {})
-            store = _with_address(store, pg_proxy.port, {})
+            bus = _with_address(bus, redis_proxy.port)
+            store = _with_address(store, pg_proxy.port)
         process = ServerProcess(
             self.workdir, "--bus", bus, "--node-id", name, "--api-key", API_KEY,
             "--node-lease", str(NODE_LEASE_S), "--presence-grace", str(PRESENCE_GRACE_S), *self.args,
@@ -252,7 +252,7 @@ async def open_cluster(
     """Start `nodes` nodes (see the module docstring); stop them and the proxies at the end."""
     redis_url, prefix = redis
     bus_url = f"{redis_url}?{urllib.parse.urlencode({'prefix': prefix})}"
-    store_url = _with_address(store_url, _host_port(store_url)[1], STORE_OPTIONS)
+    store_url = _with_address(store_url, query=STORE_OPTIONS)
     async with trio.open_nursery() as nursery:
         cluster = Cluster(workdir, nursery, store_url=store_url, bus_url=bus_url, proxied=proxied, args=args)
         dead: list[str] = []
@@ -266,17 +266,7 @@ async def open_cluster(
         assert not dead, "\n\n".join(dead)
 
 
-# --------------------------------------------------------------------------- small waits
-
-
-async def wait_for(predicate: Callable[[], Any], *, timeout: float = TIMEOUT, what: str = "condition",
-                   interval: float = 0.05) -> None:
-    """Poll a synchronous predicate until true; fail with `what` after `timeout` seconds."""
-    with trio.move_on_after(timeout):
-        while not predicate():
-            await trio.sleep(interval)
-        return
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+# --------------------------------------------------------------------------- checks
 
 
 def seqs(messages: Iterable[dict[str, Any]]) -> list[int]:
