@@ -126,7 +126,7 @@ async def serve(config: Config, *, task_status: trio.TaskStatus[RunningServer] =
                     inbox_size=config.room_inbox_size,
                 )
                 if link is not None:
-                    link.bind(registry)
+                    link.bind(registry, store, sessions)
                 metrics.bind(connections=lambda: len(sessions), registry_stats=registry.statistics)
                 authenticate = Authenticator(tokens, store)
 
