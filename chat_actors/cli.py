@@ -2,9 +2,9 @@
 client commands (`register`, `login`, `send`, `dm`, `tail`, `history`: chat_actors/client/cli.py,
 which documents their exit statuses).
 
-Exit status of `serve`: 0 after a graceful stop, 1 when the server cannot start (e.g. a port in use)
-or fails, 2 for a configuration or usage error, 128+N when a signal N stopped it hard (a
-second SIGINT/SIGTERM, or one arriving before the server was up).
+Exit status of `serve`: 0 after a graceful stop, 1 when the server cannot start (e.g. a port
+in use) or fails, 2 for a configuration or usage error, 128+N when a signal N stopped it hard
+(a second SIGINT/SIGTERM, or one arriving before the server was up).
 """
 
 from __future__ import annotations

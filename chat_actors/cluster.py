@@ -14,8 +14,10 @@ room's Redis hash `presence:<room>`, field `<user>|<instance>`, from which a roo
 that starts reads the snapshot. An instance is the node id plus a random suffix per
 process, so a node restarted under the same CHAT_NODE_ID never inherits the entries of its
 previous life. Each instance holds a lease `lease:<instance>` (CHAT_NODE_LEASE, renewed
-every third of it); when one lapses, every room forgets that instance's users after the
-grace period.
+every third of it) and lists itself in the hash `instances`, so every node watches every
+other one, even one it never heard a word from; when a lease lapses, every room forgets that
+instance's users after the grace period and reads its head from the store: a node that dies
+may have committed, and acked, messages that never got onto the bus.
 
 A single node (`local://`) runs no link at all: nobody else could hear it, and the hot
 path pays nothing for the cluster.
@@ -45,10 +47,13 @@ from .bus import (
     TypingRelay,
 )
 from .commands import CatchUpCmd, GrantCmd, NodeGoneCmd, RemoteCmd
+from .errors import ChatError
 
 if TYPE_CHECKING:
     from .metrics import Metrics
     from .registry import Registry
+    from .sessions import Sessions
+    from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +66,8 @@ KV_QUEUE = 10_000
 DROP_CHECK_S = 1.0
 #: The longest a starting room actor waits for its presence snapshot.
 SNAPSHOT_TIMEOUT_S = 1.0
+#: The hash every live instance lists itself in (field: instance, value: node id).
+INSTANCES_KEY = "instances"
 
 
 def instance_id(node_id: str) -> str:
@@ -82,6 +89,8 @@ class ClusterLink:
         self.lease_s = lease_s
         self._metrics = metrics
         self._registry: Registry | None = None
+        self._store: Store | None = None
+        self._sessions: Sessions | None = None
         self._user_subs: dict[str, Subscription] = {}
         #: (hash key, field, value or None to delete): this instance's entries, in order
         self._kv_send, self._kv_receive = trio.open_memory_channel[tuple[str, str, str | None]](KV_QUEUE)
@@ -91,10 +100,16 @@ class ClusterLink:
         self._known: set[str] = set()
         self._dead: set[str] = set()
         self._catch_up = trio.Event()
+        #: set when the bus is back: the loss watch waits on it while a catch-up is owed
+        self._bus_back = trio.Event()
         self._stop_watch = lambda: None
 
-    def bind(self, registry: Registry) -> None:
+    def bind(self, registry: Registry, store: Store | None = None, sessions: Sessions | None = None) -> None:
+        """The registry that owns the room actors; the store and sessions let the link find
+        the direct messages this node's devices missed while the bus was away."""
         self._registry = registry
+        self._store = store
+        self._sessions = sessions
 
     # -- lifetime ---------------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -203,12 +218,21 @@ class ClusterLink:
 
     # -- presence ---------------------------------------------------------------------------------
     def saw_instance(self, instance: str) -> bool:
-        """Note another instance's presence; False when its lease is known to be gone."""
-        if instance in self._dead:
-            return False
+        """Note another instance's presence (always True: a relay is a sign of life).
+
+        An instance whose lease had lapsed may only have been cut off from Redis; when it
+        is back it announces its users again, and they count again. Its lease is checked at
+        the next renewal: if it is really gone, the instance is forgotten once more.
+        """
         if instance != self.instance:
+            self._revive(instance)
             self._known.add(instance)
         return True
+
+    def _revive(self, instance: str) -> None:
+        if instance in self._dead:
+            self._dead.discard(instance)
+            log.info("node instance %s: alive again", instance)
 
     async def presence_snapshot(self, room: str) -> dict[str, dict[str, int]]:
         """The other live instances' users in `room` ({} when the bus does not answer soon)."""
@@ -235,14 +259,13 @@ class ClusterLink:
         return entries
 
     async def _alive(self, instance: str) -> bool:
-        """Whether another instance holds its lease (asked once, then watched by the lease loop)."""
-        if instance in self._dead:
-            return False
+        """Whether another instance holds its lease (asked, then watched by the lease loop)."""
         if instance in self._known:
             return True
         if await self.bus.kv.get(f"lease:{instance}") is None:
             self._dead.add(instance)
             return False
+        self._revive(instance)
         self._known.add(instance)
         return True
 
@@ -258,19 +281,32 @@ class ClusterLink:
                 self._catch_up.set()    # rewritten once the bus is back
 
     async def _lease_loop(self) -> None:
-        """Renew this instance's lease every third of it; find the instances whose lapsed."""
+        """Renew this instance's lease every third of it; find the instances whose lapsed
+        (every instance listed in `instances`, not only those seen in presence)."""
         kv = self.bus.kv
         period = self.lease_s / 3
         while True:
             try:
-                await kv.set(f"lease:{self.instance}", self.node_id, ttl_s=self.lease_s)
-                self._metrics.lease_renewals.inc()
-                for instance in sorted(self._known):
-                    if await kv.get(f"lease:{instance}") is None:
+                await self._renew_lease()
+                listed = set(await kv.hgetall(INSTANCES_KEY))
+                for instance in sorted((listed | self._known) - {self.instance}):
+                    if await kv.get(f"lease:{instance}") is not None:
+                        self._revive(instance)      # back after being cut off from Redis
+                        self._known.add(instance)
+                        continue
+                    if instance not in self._dead:
                         await self._forget(instance)
+                    if instance in listed:
+                        await kv.hdel(INSTANCES_KEY, instance)
             except BusUnavailable as exc:
                 log.debug("lease renewal: %s", exc)
             await trio.sleep(period)
+
+    async def _renew_lease(self) -> None:
+        """Hold this instance's lease for another CHAT_NODE_LEASE and stay listed."""
+        await self.bus.kv.set(f"lease:{self.instance}", self.node_id, ttl_s=self.lease_s)
+        await self.bus.kv.hset(INSTANCES_KEY, self.instance, self.node_id)
+        self._metrics.lease_renewals.inc()
 
     async def _forget(self, instance: str) -> None:
         log.info("node instance %s: lease gone, its users leave after the grace period", instance)
@@ -306,6 +342,8 @@ class ClusterLink:
         log.warning("bus %s%s", change.state, f" ({change.reason})" if change.reason else "")
         if change.reconnected:
             self._catch_up.set()
+        if change.state == "ok":
+            self._bus_back.set()
 
     async def _loss_watch(self) -> None:
         """Every active room catches up after anything that may have lost events."""
@@ -319,7 +357,55 @@ class ClusterLink:
                 self._catch_up.set()
             last = dropped
             if self._catch_up.is_set() and self.bus.state == "ok" and self._registry is not None:
+                try:
+                    # the lease first: after an outage it may have lapsed, and a node that
+                    # hears our presence again must find it (or it forgets us once more)
+                    await self._renew_lease()
+                except BusUnavailable:
+                    await trio.sleep(DROP_CHECK_S)  # down again: the next check tries once more
+                    continue
                 self._catch_up = trio.Event()
                 for user, count in list(self._conns.items()):
                     self._write(f"conns:{user}", self.instance, str(count))
                 await self._registry.broadcast(CatchUpCmd)
+                await self._direct_catch_up()
+            elif self._catch_up.is_set():
+                # nothing can be caught up while the bus is down: wait for it to come back
+                # (the event stays set, so waiting on it would spin)
+                self._bus_back = trio.Event()
+                with trio.move_on_after(DROP_CHECK_S):
+                    await self._bus_back.wait()
+
+    async def _direct_catch_up(self) -> None:
+        """Direct messages other nodes committed while this node may not have heard them
+        reach this node's devices: a direct room with an actor here catches up like any
+        room, but one without an actor has nobody to notice. So, for every user connected
+        here, the store says which direct rooms went past what the user's devices here were
+        handed, and those rooms' actors start (or are told) from the lowest such seq; each
+        device drops what it has already (`Peer.direct_seen`).
+
+        One store read per user connected here, one user at a time; if the store fails, the
+        rest is tried again at the next loss check.
+        """
+        registry, store, sessions = self._registry, self._store, self._sessions
+        if registry is None or store is None or sessions is None:
+            return
+        starts: dict[str, int] = {}
+        for user in list(self._conns):
+            devices = list(sessions.connections_of(user))
+            if not devices:
+                continue
+            try:
+                rooms = await store.user_rooms(user)
+            except ChatError as exc:
+                log.warning("direct rooms of %s not readable for a catch-up: %s", user, exc)
+                self._catch_up.set()
+                return
+            for entry in rooms:
+                if not entry.room.startswith("dm:"):
+                    continue
+                seen = min(device.direct_seen(entry.room) for device in devices)
+                if entry.seq > seen:
+                    starts[entry.room] = min(seen, starts.get(entry.room, seen))
+        for room, seen in sorted(starts.items()):
+            registry.offer(room, CatchUpCmd(presence=False), spawn=True, start_below=seen)

@@ -34,7 +34,8 @@ class Peer(Protocol):
         """Queue one pre-encoded frame; ephemeral frames may be dropped (returns False)."""
 
     def deliver_messages(self, room: str, items: Sequence[tuple[bytes, int]], blob: bytes) -> None:
-        """Queue durable `message` frames of one room, in seq order.
+        """Queue durable `message` frames of one room, in seq order (a direct room's frames
+        at or below `direct_seen` are dropped: the peer has them).
 
         `items` are (frame, seq) pairs and `blob` is their frames joined: a peer that is not
         replaying writes the blob in one go (one syscall for a whole drain), a replaying one
@@ -43,6 +44,10 @@ class Peer(Protocol):
 
     def send_event(self, event: Any, durable: bool = True) -> bool:
         """Encode and queue one event meant for this peer only (replies, acks)."""
+
+    def direct_seen(self, room: str) -> int:
+        """The highest seq of direct room `room` this peer was handed or listed in its
+        `welcome` (0: none); `deliver_messages` drops that room's messages at or below it."""
 
     def send_error(self, error: ChatError) -> None:
         """Queue an `error` event; counts against the peer's error budget."""

@@ -162,6 +162,10 @@ class Connection:
         self._deps = deps
         self._limits = deps.limits
         self.rooms: set[str] = set()
+        #: direct room -> the highest seq this connection was handed or its welcome listed:
+        #: a direct message at or below it is not sent again (a catch-up after a bus outage
+        #: may deliver from below it), and where a catch-up for this device must start
+        self._direct: dict[str, int] = {}
         self._hold: list[tuple[str | None, int, bytes, bool]] | None = None
         self._hold_bytes = 0
         now = trio.current_time()
@@ -175,6 +179,14 @@ class Connection:
         return self._park(None, 0, frame, durable)
 
     def deliver_messages(self, room: str, items: Sequence[tuple[bytes, int]], blob: bytes) -> None:
+        if room.startswith("dm:"):
+            last = self._direct.get(room, 0)
+            if items[0][1] <= last:
+                items = [item for item in items if item[1] > last]
+                if not items:
+                    return
+                blob = b"".join(frame for frame, _ in items)
+            self._direct[room] = items[-1][1]
         if self._hold is None:
             self._ws.deliver(blob, durable=True)
         else:
@@ -183,6 +195,9 @@ class Connection:
 
     def send_event(self, event: Any, durable: bool = True) -> bool:
         return self.deliver(encode_text_frame(encode_event(event)), durable)
+
+    def direct_seen(self, room: str) -> int:
+        return self._direct.get(room, 0)
 
     def close(self, code: int, reason: str) -> None:
         self._ws.close(code, reason)
@@ -252,6 +267,9 @@ class Connection:
         try:
             async with deps.reads.hold(self.user):
                 rooms = await deps.store.user_rooms(self.user, cfg.max_rooms_per_user)
+            for entry in rooms:
+                if entry.room.startswith("dm:") and entry.seq > self._direct.get(entry.room, 0):
+                    self._direct[entry.room] = entry.seq
             self._send_now(Welcome(
                 user=self.user, session=self.id, server=deps.server_name, heartbeat=cfg.heartbeat_s,
                 limits=WelcomeLimits(
@@ -400,6 +418,8 @@ class Connection:
                     await self._ws.send_paced(encode_text_frame(message_json(message_from_stored(stored))))
                 if recovered:
                     replayed[cmd.room] = result.seq
+                    if cmd.room.startswith("dm:") and result.seq > self._direct.get(cmd.room, 0):
+                        self._direct[cmd.room] = result.seq
             self._send_now(Joined(
                 room=cmd.room, seq=result.seq, members=result.members, recovered=recovered, ref=cmd.ref,
             ))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import hmac
-import importlib.resources
 import math
 import re
 import time
@@ -28,7 +27,7 @@ import trio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from .auth import PasswordHasher, TokenIssuer, validate_password, validate_username
@@ -55,6 +54,7 @@ from .protocol import Limits, decode_send_fields, encode_event, is_valid_room, l
 from .records import HistoryPage
 from .registry import Registry
 from .store import Store
+from .web_assets import web_routes
 
 #: how many users' HTTP publish buckets are remembered (least recently used go first)
 MAX_BUCKETS = 10000
@@ -301,12 +301,17 @@ class HttpApi:
         return _json({"members": [{"user": u, "connections": n} for u, n in members]})
 
     # -- operations ----------------------------------------------------------------------------
+    def ws_url(self, request: Request) -> str:
+        """Where a browser that sent `request` connects its WebSocket (`/api/info`, the page's CSP)."""
+        cfg = self.d.config
+        return cfg.public_ws_url or public_ws_url(request, cfg.ws_host, self.d.ws_port)
+
     async def info(self, request: Request) -> Response:
         """What a browser client needs before it connects (PROTOCOL section 8 `/api/info`)."""
         cfg = self.d.config
         return _json({
             "server": self.d.server_name,
-            "ws_url": cfg.public_ws_url or public_ws_url(request, cfg.ws_host, self.d.ws_port),
+            "ws_url": self.ws_url(request),
             "limits": {
                 "max_frame_bytes": cfg.max_frame_bytes, "max_text_chars": cfg.max_text_chars,
                 "rate_per_second": cfg.rate_per_second, "rate_burst": cfg.rate_burst,
@@ -323,10 +328,6 @@ class HttpApi:
 
     async def metrics(self, request: Request) -> Response:
         return Response(self.d.metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
-    async def index(self, request: Request) -> Response:
-        page = importlib.resources.files("chat_actors").joinpath("web/index.html").read_text("utf-8")
-        return HTMLResponse(page)
 
 
 #: a Host header's host part that may go into a URL as it is: a name, IPv4, or a bracketed IPv6
@@ -421,7 +422,7 @@ def build_app(deps: HttpDeps) -> ASGIApp:
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/readyz", api.readyz, methods=["GET"]),
         Route("/metrics", api.metrics, methods=["GET"]),
-        Route("/", api.index, methods=["GET"]),
+        *web_routes(api.ws_url),   # /, the page's scripts and stylesheet (web_assets.py)
     ]
     app = Starlette(
         routes=routes,

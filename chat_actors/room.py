@@ -502,7 +502,11 @@ class RoomActor:
             link.head(self.name, self.seq.delivered, state.participants, since)
 
     async def _node_gone(self, cmd: NodeGoneCmd) -> None:
+        """A node's lease ran out: its users enter the grace period here, and the room reads
+        its head from the store, since the node may have committed (and acked) messages
+        that it died before publishing."""
         self.state.node_gone(cmd.instance, trio.current_time())
+        await self._catch_up(CatchUpCmd(presence=False))
 
     async def _fill(self, now: float) -> None:
         """Read the sequencer's gap from the store and deliver it."""

@@ -43,7 +43,8 @@ from .registry import Registry
 from .room import RoomDeps
 from .sessions import Sessions
 from .store import open_store
-from .transport import TransportSettings, WsServer
+from .transport import TransportSettings
+from .ws_server import WsServer
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ async def serve(config: Config, *, task_status: trio.TaskStatus[RunningServer] =
                     inbox_size=config.room_inbox_size,
                 )
                 if link is not None:
-                    link.bind(registry)
+                    link.bind(registry, store, sessions)
                 metrics.bind(connections=lambda: len(sessions), registry_stats=registry.statistics)
                 authenticate = Authenticator(tokens, store)
 

@@ -12,6 +12,10 @@ state machine stays consistent. Outbound data frames are encoded once per event 
 `frames.encode_text_frame`; wsproto does not track outbound data, so they are just bytes to
 it. Small inbound text, ping and pong frames are parsed by `frames.parse_client_frames` until
 the first frame it leaves to wsproto; from then on wsproto sees every byte.
+
+The listener that accepts connections, runs the timer sweep over all of them and closes
+them at shutdown is `ws_server.WsServer`; it drives a connection through `serve`, `tick`,
+`start_close` and `abort`.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ import secrets
 import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
-from functools import partial
 from itertools import islice
 
 import attrs
@@ -36,21 +39,15 @@ from .mailbox import Mailbox
 from .ws_handshake import (
     Authenticate,
     Handshake,
-    accept_forever,
-    hung_up,
-    open_listener,
-    perform_handshake,
 )
 
-__all__ = ["Authenticate", "ConnectionClosed", "Handshake", "TransportSettings", "WebSocket",
-           "WsServer"]
+__all__ = ["Authenticate", "ConnectionClosed", "Handshake", "TransportSettings", "WebSocket"]
 
 log = logging.getLogger(__name__)
 
 _RECV_SIZE = 65536
 _IOV_MAX = 64            # buffers per sendmsg() when flushing the backlog
 _INBOX_SIZE = 8          # complete inbound messages buffered for the handler
-_MIN_SNDBUF = 65536      # kernel send buffer floor (the kernel caps it at net.core.wmem_max)
 _OPEN = ConnectionState.OPEN
 _REMOTE_CLOSING = ConnectionState.REMOTE_CLOSING
 _LOCAL_CLOSING = ConnectionState.LOCAL_CLOSING
@@ -151,6 +148,19 @@ class WebSocket:
     def close_code(self) -> int | None:
         return self._close_code
 
+    # --- what the listener (ws_server.WsServer) drives ---------------------------------------
+
+    @property
+    def socket(self) -> socket.socket:
+        """The TCP socket, for the listener's poll for resets; only this object writes to it."""
+        return self._sock
+
+    @property
+    def unwatched(self) -> bool:
+        """True while nobody waits on the socket, so the kernel would not tell us of a reset:
+        the reader waits for the handler (a full inbox) and the connection is not yet gone."""
+        return not self._rx_watching and not self._closed.is_set()
+
     def deliver(self, frame: bytes, *, durable: bool) -> bool:
         """Send one pre-encoded frame without blocking; False if it was not accepted.
 
@@ -178,7 +188,7 @@ class WebSocket:
         except BlockingIOError:
             sent = 0
         except OSError:
-            self._abort()
+            self.abort()
             return False
         if sent < len(frame):
             self._queue_rest(frame, sent)
@@ -217,7 +227,7 @@ class WebSocket:
 
     def close(self, code: int, reason: str = "") -> None:
         """Start the close handshake (idempotent, never blocks); unread inbound is discarded."""
-        self._start_close(code, reason, self._settings.close_timeout_s, drop_inbound=True)
+        self.start_close(code, reason, self._settings.close_timeout_s, drop_inbound=True)
 
     async def wait_closed(self) -> None:
         """Wait until the TCP connection is gone."""
@@ -255,7 +265,7 @@ class WebSocket:
         except BlockingIOError:
             sent = 0
         except OSError:
-            self._abort()
+            self.abort()
             return
         if sent < len(data):
             self._queue_rest(data, sent)
@@ -273,7 +283,7 @@ class WebSocket:
             except BlockingIOError:
                 return False
             except OSError:
-                self._abort()
+                self.abort()
                 return True
             self._backlog_bytes -= sent
             while sent:
@@ -312,7 +322,7 @@ class WebSocket:
 
     # --- closing ----------------------------------------------------------------------------
 
-    def _start_close(self, code: int, reason: str, timeout_s: float, *, drop_inbound: bool) -> None:
+    def start_close(self, code: int, reason: str, timeout_s: float, *, drop_inbound: bool) -> None:
         if not self._open:
             return
         self._open = False
@@ -350,9 +360,9 @@ class WebSocket:
             try:
                 self._sock.shutdown(socket.SHUT_WR)
             except OSError:
-                self._abort()
+                self.abort()
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
         """Drop the TCP connection now (peer gone, socket error, timeout) and end the session.
 
         Nothing the peer sent can be answered any more, so unread inbound is discarded and
@@ -413,14 +423,14 @@ class WebSocket:
                         return          # torn down (_finish)
                     continue
                 except OSError:
-                    self._abort()
+                    self.abort()
                     return
                 if not data:
                     self._peer_eof = True
                     if self._close_queued:
                         self._check_finish()
                     else:
-                        self._abort()
+                        self.abort()
                     return
         finally:
             self._rx.close_send()
@@ -428,7 +438,7 @@ class WebSocket:
     async def _wait_readable(self) -> bool:
         """Wait for input; False once the socket is torn down.
 
-        While the reader waits here, a reset wakes it (recv fails: _abort). Anywhere else --
+        While the reader waits here, a reset wakes it (recv fails: abort). Anywhere else --
         waiting for the handler, or working through input that arrived before the reset
         (Linux keeps it readable and reports ECONNRESET only after it) -- the sweep asks the
         kernel instead (`hung_up`).
@@ -464,7 +474,7 @@ class WebSocket:
                 if size > limit:
                     self._rx_parts.clear()
                     self._rx_size = 0
-                    self._start_close(CloseCode.TOO_BIG, "message too big",
+                    self.start_close(CloseCode.TOO_BIG, "message too big",
                                       self._settings.close_timeout_s, drop_inbound=False)
                 elif event.message_finished:
                     parts = self._rx_parts
@@ -522,12 +532,12 @@ class WebSocket:
     def _on_close(self, event: CloseConnection) -> None:
         state = self._ws.state
         if state is _REMOTE_CLOSING:    # the peer started the close handshake: echo its code
-            self._start_close(event.code, event.reason, self._settings.close_timeout_s,
+            self.start_close(event.code, event.reason, self._settings.close_timeout_s,
                               drop_inbound=False)
         elif state is _OPEN:            # a ParseFailed reported as an event; the state is unchanged
             self._rx_failed = True
             log.debug("ws %s: protocol error %s %s", self.id, event.code, event.reason)
-            self._start_close(event.code, event.reason, self._settings.close_timeout_s,
+            self.start_close(event.code, event.reason, self._settings.close_timeout_s,
                               drop_inbound=False)
         elif state is _LOCAL_CLOSING:   # protocol error while we wait for their close frame
             self._rx_failed = True
@@ -535,11 +545,11 @@ class WebSocket:
 
     # --- timers and lifetime ----------------------------------------------------------------
 
-    def _tick(self, now: float) -> None:
+    def tick(self, now: float) -> None:
         """Timers, run by the listener's sweep: ping every heartbeat, 4000 when idle, close_at."""
         if not self._open:
             if now >= self._close_deadline and not self._closed.is_set():
-                self._abort()           # the peer never answered our close frame
+                self.abort()           # the peer never answered our close frame
             return
         if now >= self._close_at:
             self.close(*self._scheduled_close)
@@ -558,7 +568,7 @@ class WebSocket:
                 self._write(self._ws.send(Ping()))
             self._next_ping = now + interval
 
-    async def _serve_io(self, handler: Callable[[WebSocket], Awaitable[None]]) -> None:
+    async def serve(self, handler: Callable[[WebSocket], Awaitable[None]]) -> None:
         """Reader task beside the handler (run in this task); returns when the TCP connection is gone.
 
         The writer task is started only while a backlog exists, and timers live in the
@@ -581,139 +591,4 @@ class WebSocket:
                 nursery.cancel_scope.cancel()
         finally:
             self._nursery = None
-            self._abort()
-
-
-Handler = Callable[[WebSocket], Awaitable[None]]
-
-
-class WsServer:
-    """The WebSocket listener: accepts, upgrades and runs `handler(ws)` per connection.
-
-    Every connection runs in its own nursery inside the server's nursery; exceptions are
-    caught (and logged) at that boundary only, so one bad connection never stops the rest.
-    """
-
-    def __init__(self, handler: Handler, *, host: str, port: int, settings: TransportSettings,
-                 authenticate: Authenticate | None = None):
-        self._handler = handler
-        self._host = host
-        self._port = port
-        self._settings = settings
-        self._authenticate = authenticate
-        self._accept_scope = trio.CancelScope()
-        self._all: set[WebSocket] = set()
-        self._shutdown: tuple[int, float] | None = None
-
-    @property
-    def connections(self) -> frozenset[WebSocket]:
-        """Connections past the handshake that are not closing."""
-        return frozenset(ws for ws in self._all if ws._open)
-
-    async def run(self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
-        """Bind, report (host, real port) through task_status, and serve until cancelled.
-
-        After stop_accepting() existing connections are still served; cancellation drops
-        every connection at once (close_all first for a graceful stop).
-        """
-        listener = await open_listener(self._host, self._port)
-        try:
-            port = listener.getsockname()[1]
-            log.debug("websocket listener on %s:%d", self._host, port)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._sweep)
-                task_status.started((self._host, port))
-                with self._accept_scope:
-                    await accept_forever(listener, partial(nursery.start_soon, self._serve))
-                listener.close()
-                await trio.sleep_forever()
-        finally:
-            listener.close()
-
-    async def _sweep(self) -> None:
-        """One timer task for every connection: heartbeats, idle closes, close_at deadlines,
-        and peers that reset while their reader was not waiting on the socket."""
-        heartbeat = self._settings.heartbeat_s
-        period = min(0.5, heartbeat / 2) if heartbeat > 0 else 0.5
-        while True:
-            await trio.sleep(period)
-            self._sweep_once(trio.current_time())
-
-    def _sweep_once(self, now: float) -> None:
-        """A function of its own, so no connection stays referenced between sweeps."""
-        unwatched = []
-        for ws in self._all:
-            ws._tick(now)
-            if not ws._rx_watching and not ws._closed.is_set():
-                unwatched.append(ws)
-        if unwatched:                   # one poll(2) for all of them, nothing read
-            for index in hung_up([ws._sock for ws in unwatched]):
-                log.debug("ws %s: peer reset, dropping it", unwatched[index].id)
-                unwatched[index]._abort()
-
-    def stop_accepting(self) -> None:
-        """Close the listening socket; open connections carry on."""
-        self._accept_scope.cancel()
-
-    async def close_all(self, code: int, timeout_s: float) -> None:
-        """Close every connection with `code`, wait up to timeout_s for them, then drop the rest.
-
-        Backlogs are flushed before the close frame within that time. Connections that finish
-        their handshake afterwards are closed at once with the same code.
-        """
-        self._shutdown = (code, timeout_s)
-        sockets = list(self._all)
-        for ws in sockets:
-            ws._start_close(code, "server shutting down", timeout_s, drop_inbound=True)
-        with trio.move_on_after(timeout_s):
-            for ws in sockets:
-                await ws.wait_closed()
-        for ws in sockets:
-            ws._abort()
-        for ws in sockets:
-            await ws.wait_closed()
-
-    async def _serve(self, sock: socket.socket, remote: str) -> None:
-        settings = self._settings
-        ws: WebSocket | None = None
-        try:
-            # Bound what the kernel holds for a client that stops reading (autotuning would let
-            # it grow to megabytes), so the backlog limit -- and 4008 -- is reached in bounded memory.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, max(settings.send_queue_bytes, _MIN_SNDBUF))
-            with trio.move_on_after(settings.handshake_timeout_s):
-                accepted = await perform_handshake(
-                    sock, remote, path=settings.path, allowed_origins=settings.allowed_origins,
-                    max_request_bytes=settings.max_request_bytes, linger_s=settings.close_timeout_s,
-                    authenticate=self._authenticate)
-                if accepted is not None:
-                    ws = WebSocket(sock, accepted[0], accepted[1], settings, accepted[2])
-            if ws is None:
-                log.debug("handshake from %s did not complete", remote)
-                return
-            self._all.add(ws)
-            log.debug("ws %s: open from %s", ws.id, remote)
-            if self._shutdown is not None:
-                ws._start_close(self._shutdown[0], "server shutting down", self._shutdown[1],
-                                drop_inbound=True)
-            await ws._serve_io(self._run_handler)
-        except OSError as exc:          # reset during the handshake and the like
-            log.debug("connection from %s failed: %s", remote, exc)
-        except Exception:
-            log.exception("connection from %s failed", remote)
-        finally:
-            if ws is None:
-                sock.close()
-            else:
-                self._all.discard(ws)
-                log.debug("ws %s: closed %s", ws.id, ws.close_code)
-
-    async def _run_handler(self, ws: WebSocket) -> None:
-        try:
-            await self._handler(ws)
-        except ConnectionClosed:
-            pass
-        except Exception:
-            log.exception("ws %s: handler failed", ws.id)
-            ws.close(CloseCode.INTERNAL, "internal error")
-            return
-        ws.close(CloseCode.NORMAL)
+            self.abort()

@@ -15,7 +15,8 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from chat_actors.frames import encode_binary_frame, encode_text_frame
-from chat_actors.transport import ConnectionClosed, TransportSettings, WebSocket, WsServer
+from chat_actors.transport import ConnectionClosed, TransportSettings, WebSocket
+from chat_actors.ws_server import WsServer
 
 #: Section 9 sends 16 MiB messages; the backlog must hold a whole echo of one.
 SETTINGS = TransportSettings(max_frame_bytes=16 * 1024 * 1024 + 1024,

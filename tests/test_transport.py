@@ -25,7 +25,8 @@ from wsproto.extensions import PerMessageDeflate
 
 from chat_actors.errors import Unauthorized
 from chat_actors.frames import encode_text_frame
-from chat_actors.transport import ConnectionClosed, TransportSettings, WebSocket, WsServer
+from chat_actors.transport import ConnectionClosed, TransportSettings, WebSocket
+from chat_actors.ws_server import WsServer
 
 FAST = TransportSettings(heartbeat_s=30.0, close_timeout_s=0.5, handshake_timeout_s=5.0)
 BAD_REQUEST = b'{"type":"error","code":"bad_request"}'

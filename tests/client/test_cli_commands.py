@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import trio
-from hostile.proc import ServerProcess
+from proc import ServerProcess
 
 from chat_actors.client import open_chat
 from integration.client import PASSWORD, register

@@ -4,7 +4,7 @@ stream equals the room's history (no gap, no repeat) and every send lands exactl
 from __future__ import annotations
 
 import trio
-from hostile.proc import ServerProcess
+from proc import ServerProcess
 
 from chat_actors.client import open_chat
 from integration.client import register
@@ -18,10 +18,8 @@ def same_ports(server: ServerProcess) -> list[str]:
 
 async def kill_and_restart(server: ServerProcess) -> ServerProcess:
     """SIGKILL (nothing graceful happens), then a new process on the same ports and database."""
-    assert server.proc is not None
-    server.proc.kill()
     with trio.fail_after(30):
-        await server.proc.wait()
+        await server.kill()
     again = ServerProcess(server.workdir, *same_ports(server))
     await again.start()
     return again

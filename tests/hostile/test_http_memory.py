@@ -4,7 +4,7 @@ Before, every handler did `await request.body()` and looked at the size afterwar
 POST grew the server by hundreds of MB, and a client that declared 10 GiB, sent 100 MB and went
 quiet kept that memory for as long as it kept the connection. Now a declared length over
 `max_frame_bytes` is refused from the headers, a streamed body at the limit, and the connection
-is closed; the server's peak RSS is measured around each attack (tests/hostile/proc.py).
+is closed; the server's peak RSS is measured around each attack (tests/proc.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 import trio
 
-from .proc import ServerProcess, start_server
+from proc import ServerProcess, start_server
 
 MB = 1 << 20
 #: generous: the fix costs well under 1 MB; the bug cost the whole body

@@ -1,13 +1,24 @@
-"""A server process of the test's own, for hostile inputs whose effect is memory or a crash.
+"""Server processes of the test's own: `python -m chat_actors serve` in a subprocess.
 
-In-process servers share the test's memory, so memory limits are asserted on a separate
-`python -m chat_actors serve` whose peak RSS we can read (VmHWM) and reset (clear_refs 5).
+Why a subprocess rather than the in-process `server` fixture:
+
+* memory: in-process servers share the test's memory, so the hostile tests measure a
+  separate process whose peak RSS they can read (VmHWM) and reset (clear_refs 5);
+* crashes and clusters: a node of a cluster (tests/cluster) must be a real process that can
+  be killed with SIGKILL mid-traffic, with its own event loop, connections and threads.
+
+`ServerProcess` starts one server with both listeners on port 0, reads the PROTOCOL section 1
+listening line from its log (a file, so a chatty server never blocks on a full pipe), and
+stops it with SIGTERM (graceful) or `kill()` (SIGKILL, nothing flushed). The store defaults
+to SQLite in the work directory; pass `store=` for anything else, and extra CLI flags as
+positional arguments.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +28,8 @@ import trio
 
 LISTENING = re.compile(r"chat-actors listening ws=(ws://\S+) http=(http://\S+)")
 SECRET = "hostile-test-secret-0123456789abcdef"
+#: generous: a Python start with every import, on a busy 2-core machine
+START_TIMEOUT_S = 30.0
 
 
 def _status_kib(pid: int, field: str) -> int:
@@ -29,30 +42,41 @@ def _status_kib(pid: int, field: str) -> int:
 class ServerProcess:
     """One server subprocess; its log goes to a file polled for the listening line."""
 
-    def __init__(self, workdir: Path, *args: str) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *args: str,
+        store: str | None = None,
+        secret: str = SECRET,
+        name: str = "server",
+    ) -> None:
         self.workdir = workdir
         self.args: Sequence[str] = args
-        self.log_path = workdir / f"server-{os.urandom(3).hex()}.log"
+        self.store = store or f"sqlite:///{workdir}/chat.db"
+        self.name = name
+        self.log_path = workdir / f"{name}-{os.urandom(3).hex()}.log"
         self.proc: trio.Process | None = None
         self.ws_url = self.http_url = ""
-        self.secret = SECRET
+        self.secret = secret
 
     async def start(self) -> None:
+        """Start the process and wait for its listening line (fails the test with its log if
+        it exits first or does not listen within START_TIMEOUT_S)."""
         log = open(self.log_path, "wb")
         cmd = [
             sys.executable, "-m", "chat_actors", "serve", "--ws-port", "0", "--http-port", "0",
-            "--store", f"sqlite:///{self.workdir}/chat.db", "--data-dir", str(self.workdir),
-            "--jwt-secret", SECRET, "--graceful-timeout", "3", *self.args,
+            "--store", self.store, "--data-dir", str(self.workdir),
+            "--jwt-secret", self.secret, "--graceful-timeout", "3", *self.args,
         ]
         self.proc = await trio.lowlevel.open_process(cmd, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        with trio.fail_after(30):
+        with trio.fail_after(START_TIMEOUT_S):
             while True:
-                match = LISTENING.search(self.log_path.read_text(errors="replace"))
+                match = LISTENING.search(self.log())
                 if match:
                     self.ws_url, self.http_url = match.group(1), match.group(2)
                     return
-                assert self.proc.poll() is None, self.log_path.read_text()
+                assert self.proc.poll() is None, f"{self.name} exited before listening:\n{self.log()}"
                 await trio.sleep(0.05)
 
     @property
@@ -78,6 +102,13 @@ class ServerProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    async def kill(self) -> int:
+        """SIGKILL (a crash: nothing flushed, no close frames) and reap; the exit status."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        return await self.proc.wait()
+
     async def stop(self) -> int:
         """SIGTERM and wait (kill after 30 s); the exit code."""
         assert self.proc is not None
@@ -89,7 +120,7 @@ class ServerProcess:
         return await self.proc.wait()
 
 
-async def start_server(workdir: Path, *args: str) -> ServerProcess:
-    server = ServerProcess(workdir, *args)
+async def start_server(workdir: Path, *args: str, **kwargs: str) -> ServerProcess:
+    server = ServerProcess(workdir, *args, **kwargs)
     await server.start()
     return server
