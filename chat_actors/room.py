@@ -484,15 +484,19 @@ class RoomActor:
     async def _catch_up(self, cmd: CatchUpCmd) -> None:
         """Events may have been lost: read the head from the store (the gap follows), and
         with `presence`, announce this node's users again and re-read everyone else's."""
-        try:
-            if not self._loaded:
-                await self._reload()
-            else:
-                info = await self.deps.store.get_room(self.name)
-                if info is not None and info.last_seq > self.seq.delivered:
-                    self.seq.note_head(info.last_seq, trio.current_time(), at_once=True)
-        except ChatError as exc:
-            log.warning("room %s: catch-up read failed: %s", self.name, exc)
+        if cmd.reply is not None:
+            await self._reach_store_head()
+            cmd.reply.set(None)
+        else:
+            try:
+                if not self._loaded:
+                    await self._reload()
+                else:
+                    info = await self.deps.store.get_room(self.name)
+                    if info is not None and info.last_seq > self.seq.delivered:
+                        self.seq.note_head(info.last_seq, trio.current_time(), at_once=True)
+            except ChatError as exc:
+                log.warning("room %s: catch-up read failed: %s", self.name, exc)
         link = self.link
         if link is None or not cmd.presence:
             return
