@@ -11,10 +11,11 @@ A test that is about one process only says so, with the reason, and runs on `[no
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
+from .databases import DatabasePool
 from .deployments import ClusterHandle, cluster_factory
 
 DEPLOYMENTS = ("node", "cluster")
@@ -42,9 +43,19 @@ def deployment(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
+@pytest.fixture(scope="session")
+def database_pool() -> Iterator[DatabasePool]:
+    """Fresh PostgreSQL databases for the clusters, made ahead on a thread (databases.py);
+    nothing is started until a cluster test asks for its first database."""
+    pool = DatabasePool()
+    yield pool
+    pool.close()
+
+
 @pytest.fixture
 async def server_factory(
     deployment: str, server_factory: Callable[..., Awaitable[Any]], server_config: Any, tmp_path: Path,
+    database_pool: DatabasePool,
 ) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
     """The suite-wide `server_factory` on `[node]`; on `[cluster]`, each call starts a cluster
     (the same database and prefix every time: a second call after `stop()` is a restart)."""
@@ -53,7 +64,7 @@ async def server_factory(
         return
     from conftest import ServerHandle
 
-    async with cluster_factory(server_config, tmp_path, ServerHandle) as start:
+    async with cluster_factory(server_config, tmp_path, ServerHandle, database_pool) as start:
         yield start
 
 

@@ -32,6 +32,7 @@ import httpx
 import trio
 
 from .client import PASSWORD, connect, make_token, register
+from .databases import DatabasePool
 
 #: nodes of the cluster deployment
 CLUSTER_SIZE = 3
@@ -127,7 +128,8 @@ def bus_url(redis_url: str, prefix: str) -> str:
 
 @asynccontextmanager
 async def cluster_factory(
-    base_config: Any, tmp_path: Path, make_handle: Callable[[Any, Any], Any], *, size: int = CLUSTER_SIZE,
+    base_config: Any, tmp_path: Path, make_handle: Callable[[Any, Any], Any], databases: DatabasePool,
+    *, size: int = CLUSTER_SIZE,
 ) -> AsyncIterator[Callable[..., Awaitable[ClusterHandle]]]:
     """`await start(**overrides)` starts `size` nodes on this test's database and prefix.
 
@@ -136,9 +138,9 @@ async def cluster_factory(
     once every node has stopped.
     """
     from chat_actors.server import serve
-    from services import fresh_postgres_database, fresh_redis_prefix
+    from services import fresh_redis_prefix
 
-    async with fresh_postgres_database() as database, fresh_redis_prefix() as (redis_url, prefix):
+    async with databases.database() as database, fresh_redis_prefix() as (redis_url, prefix):
         shared = dict(store=f"{database}?pool={NODE_POOL}", bus=bus_url(redis_url, prefix))
         clusters: list[ClusterHandle] = []
         generation = itertools.count()
