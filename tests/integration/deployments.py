@@ -29,6 +29,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 import attrs
 import httpx
+import pytest
 import trio
 
 from .client import PASSWORD, connect, make_token, register
@@ -38,7 +39,7 @@ from .databases import DatabasePool
 CLUSTER_SIZE = 3
 #: PostgreSQL connections each node keeps: the machine's server is shared (max_connections 100)
 NODE_POOL = 3
-STOP_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 30.0  # ServerHandle.stop's bound (tests/conftest.py), for the message
 
 
 class SpreadUrl(str):
@@ -159,7 +160,7 @@ async def cluster_factory(
                         running = await nursery.start(serve, node_config)
                     nodes[k] = make_handle(running, node_config)
 
-                async with trio.open_nursery() as starting:   # together: migrations race on purpose
+                async with trio.open_nursery() as starting:   # together, as a deployment's nodes do
                     for k in range(size):
                         starting.start_soon(start_node, k, name=f"start node-{k} (cluster {life})")
                 cluster = ClusterHandle(nodes)
@@ -181,7 +182,7 @@ async def cluster_factory(
                         stopping.start_soon(stop, node)
             if stuck:
                 nursery.cancel_scope.cancel()
-                raise AssertionError(f"node(s) {stuck} did not stop within {STOP_TIMEOUT_S} s of request_shutdown()")
+                pytest.fail(f"node(s) {stuck} did not stop within {STOP_TIMEOUT_S} s of request_shutdown()")
 
 
 def parse_metrics(text: str) -> dict[str, float]:
