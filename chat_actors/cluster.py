@@ -170,6 +170,19 @@ class ClusterLink:
                     total += int(value)
         return total
 
+    # -- rate limits per user, cluster-wide (PROTOCOL section 8 publishes) ------------------------
+    async def take_token(self, key: str, *, rate: float, burst: int) -> bool | None:
+        """One token of the cluster's bucket `key`; None when the bus does not answer soon
+        (the caller then falls back on its own node's bucket: never refuse for want of Redis)."""
+        if self.bus.state != "ok":
+            return None
+        with trio.move_on_after(SNAPSHOT_TIMEOUT_S):
+            try:
+                return await self.bus.kv.take_token(key, rate=rate, burst=burst)
+            except BusUnavailable:
+                return None
+        return None
+
     def _write(self, key: str, field: str, value: str | None) -> None:
         try:
             self._kv_send.send_nowait((key, field, value))

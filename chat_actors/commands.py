@@ -196,9 +196,11 @@ class RemoteCmd:
 @attrs.frozen(eq=False)
 class CatchUpCmd:
     """Events for this room may have been lost (bus reconnect, a full inbox or bus queue):
-    read the room's head from the store and deliver what is missing; re-read presence."""
+    read the room's head from the store and deliver what is missing; re-read presence.
+    With `reply`: deliver it before answering (a node about to close its connections)."""
 
     presence: bool = True
+    reply: Reply[None] | None = None
 
 
 @attrs.frozen(eq=False)

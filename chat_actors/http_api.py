@@ -163,7 +163,15 @@ class HttpApi:
             raise ProtocolError("invalid room name")
         return room
 
-    def _rate_ok(self, user: str) -> bool:
+    async def _rate_ok(self, user: str) -> bool:
+        """The user's publish bucket: the cluster's (shared by every node, in Redis) when
+        there is one and it answers, else this node's."""
+        config, cluster = self.d.config, self.d.cluster
+        if cluster is not None:
+            shared = await cluster.take_token(f"rate:publish:{user}", rate=config.rate_per_second,
+                                              burst=config.rate_burst)
+            if shared is not None:
+                return shared
         now = trio.current_time()
         bucket = self._buckets.get(user)
         if bucket is None:
@@ -285,7 +293,7 @@ class HttpApi:
         # `room` comes from the path. Absent fields stay absent, so they are named as missing.
         fields = {k: body[k] for k in ("id", "text", "meta") if k in body}
         cmd = decode_send_fields({**fields, "room": room}, self._limits)
-        if user != "system" and not self._rate_ok(user):
+        if user != "system" and not await self._rate_ok(user):
             raise RateLimited("rate limit exceeded")
         reply: Reply[PublishResult] = Reply()
         await d.registry.send(room, PublishCmd(user, cmd.id, cmd.text, cmd.meta, reply=reply, via_http=True))

@@ -392,6 +392,11 @@ class RoomActor:
     async def _read(self, cmd: ReadCmd) -> None:
         if not self.state.exists:
             await self._reload()
+        if self.link is not None and cmd.seq > self.state.last_seq:
+            # clamped to the room's last seq, which other nodes may have moved beyond what
+            # this node has delivered yet: catch up first (the reader gets those messages
+            # before anyone gets the read event)
+            await self._reach_store_head()
         event = self.state.read(cmd.peer, cmd.seq)
         if event is not None:
             # relayed once the cursor is committed: whoever sees it and reconnects at once
@@ -479,15 +484,19 @@ class RoomActor:
     async def _catch_up(self, cmd: CatchUpCmd) -> None:
         """Events may have been lost: read the head from the store (the gap follows), and
         with `presence`, announce this node's users again and re-read everyone else's."""
-        try:
-            if not self._loaded:
-                await self._reload()
-            else:
-                info = await self.deps.store.get_room(self.name)
-                if info is not None and info.last_seq > self.seq.delivered:
-                    self.seq.note_head(info.last_seq, trio.current_time(), at_once=True)
-        except ChatError as exc:
-            log.warning("room %s: catch-up read failed: %s", self.name, exc)
+        if cmd.reply is not None:
+            await self._reach_store_head()
+            cmd.reply.set(None)
+        else:
+            try:
+                if not self._loaded:
+                    await self._reload()
+                else:
+                    info = await self.deps.store.get_room(self.name)
+                    if info is not None and info.last_seq > self.seq.delivered:
+                        self.seq.note_head(info.last_seq, trio.current_time(), at_once=True)
+            except ChatError as exc:
+                log.warning("room %s: catch-up read failed: %s", self.name, exc)
         link = self.link
         if link is None or not cmd.presence:
             return
@@ -500,6 +509,26 @@ class RoomActor:
             since = None if self._unpublished is None else self._unpublished - 1
             self._unpublished = None
             link.head(self.name, self.seq.delivered, state.participants, since)
+
+    async def _reach_store_head(self) -> None:
+        """Deliver every message the store holds for this room now, without waiting for the
+        bus (a store that does not answer leaves the sequencer's gap for its next fill)."""
+        try:
+            if not self._loaded:
+                await self._reload()
+                return
+            info = await self.deps.store.get_room(self.name)
+        except ChatError as exc:
+            log.warning("room %s: head not readable: %s", self.name, exc)
+            return
+        if info is None or info.last_seq <= self.seq.delivered:
+            return
+        self.seq.note_head(info.last_seq, trio.current_time(), at_once=True)
+        while self.seq.delivered < info.last_seq:
+            before = self.seq.delivered
+            await self._fill(trio.current_time())
+            if self.seq.delivered == before:
+                return
 
     async def _node_gone(self, cmd: NodeGoneCmd) -> None:
         """A node's lease ran out: its users enter the grace period here, and the room reads

@@ -11,7 +11,8 @@ Everything is passed explicitly; there are no module-level singletons. Nursery l
                 WsServer.run      (one nursery per connection inside)
                 hypercorn serve   (HTTP API)
 
-Graceful shutdown (request_shutdown, SIGTERM/SIGINT via the CLI): stop accepting, close
+Graceful shutdown (request_shutdown, SIGTERM/SIGINT via the CLI): stop accepting, in a
+cluster let every room deliver what other nodes committed (`_catch_up_rooms`), close
 every WebSocket with 1001 and give writers `graceful_timeout_s` to flush, stop HTTP, then
 close the room inboxes so each actor commits its last batch, then the cluster link and the
 bus, and close the store last.
@@ -32,6 +33,7 @@ from . import __version__, hypercorn_h11
 from .auth import Claims, PasswordHasher, TokenIssuer, load_or_create_secret
 from .bus import Bus, default_node_id, open_bus
 from .cluster import ClusterLink, instance_id
+from .commands import CatchUpCmd, Reply
 from .config import Config
 from .connection import ConnectionDeps, handle_websocket
 from .errors import ChatError, CloseCode, RateLimited
@@ -181,6 +183,8 @@ async def serve(config: Config, *, task_status: trio.TaskStatus[RunningServer] =
                     await running._shutdown.wait()
                     log.info("shutting down: closing connections (grace %.1fs)", config.graceful_timeout_s)
                     ws_server.stop_accepting()
+                    if link is not None:
+                        await _catch_up_rooms(registry, config.graceful_timeout_s)
                     await ws_server.close_all(CloseCode.GOING_AWAY, config.graceful_timeout_s)
                     ws_scope.cancel()
                     http_stop.set()  # hypercorn finishes in-flight requests within its grace
@@ -204,6 +208,26 @@ async def _admit_upgrade(authenticate: Authenticator, sessions: Sessions, cap: i
     if count >= cap:
         raise RateLimited(f"{claims.user} has {cap} connections open already (the most allowed)")
     return claims
+
+
+async def _catch_up_rooms(registry: Registry, timeout_s: float) -> None:
+    """Before a node closes its connections with 1001: every room delivers what the store
+    holds, so a client leaves with every message acked before the shutdown, whichever node
+    committed it (the bus may not have brought all of them yet). Bounded by `timeout_s`."""
+    replies: list[Reply[None]] = []
+
+    def command() -> CatchUpCmd:
+        reply: Reply[None] = Reply()
+        replies.append(reply)
+        return CatchUpCmd(presence=False, reply=reply)
+
+    with trio.move_on_after(timeout_s):
+        await registry.broadcast(command)
+        for reply in replies:
+            try:
+                await reply.wait()
+            except ChatError:
+                pass            # that room could not: its clients resume with `join since`
 
 
 #: how long a readiness probe may take before its component counts as down

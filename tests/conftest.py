@@ -9,6 +9,7 @@ overriding the `server_overrides` fixture, e.g.
         return {"heartbeat_s": 0.3}
 
 `server_factory` starts further servers (for instance a restart on the same database).
+tests/integration/conftest.py runs its tests on this single server and on a three-node cluster.
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ class ServerHandle:
         self.http_url: str = running.info.http_url
         self.secret: str = config.jwt_secret
         self.stopped = False
+
+    @property
+    def nodes(self) -> list["ServerHandle"]:
+        """The server processes behind this handle: itself (a cluster handle lists its nodes)."""
+        return [self]
 
     async def user(self, name: str, password: str = PASSWORD) -> str:
         """Register `name` and return its token."""

@@ -82,7 +82,8 @@ class KeyValue(Protocol):
 
     Per-node lease: ``set(f"lease:{node}", info, ttl_s=lease)`` renewed every third of it,
     ``get`` to see whether a node is alive. Per-room view: ``hincrby(f"presence:{room}",
-    f"{user}|{node}", ±1)``, ``hgetall`` for the snapshot. Keys live under the bus prefix
+    f"{user}|{node}", ±1)``, ``hgetall`` for the snapshot. Rate limits shared by the nodes:
+    ``take_token``. Keys live under the bus prefix
     (the caller never adds it). Every call raises ``BusUnavailable`` when the backend is down
     or does not answer within its timeout; nothing is retried behind the caller's back.
     Cancellation: a cancelled call may or may not have reached the backend.
@@ -119,6 +120,13 @@ class KeyValue(Protocol):
 
     async def hgetall(self, key: str) -> dict[str, str]:
         """Every field of a hash (empty if none)."""
+        ...
+
+    async def take_token(self, key: str, *, rate: float, burst: int) -> bool:
+        """Spend one token of the bucket ``key`` (``rate`` tokens per second, at most
+        ``burst``, full when new) if it has one; atomic, so the nodes of a cluster share one
+        bucket (a rate limit per user rather than per node). Redis keeps the time too, so
+        the nodes' clocks do not matter; the key vanishes once the bucket is full again."""
         ...
 
 

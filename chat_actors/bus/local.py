@@ -172,6 +172,23 @@ class LocalKeyValue:
         fields = self._hash(key)
         return {} if fields is None else {f: str(v) for f, v in fields.items()}
 
+    async def take_token(self, key: str, *, rate: float, burst: int) -> bool:
+        """The same bucket as the Redis backend's (GCRA: the time the bucket is full again,
+        kept as a plain key that expires then)."""
+        await trio.lowlevel.checkpoint()
+        if not rate > 0 or burst < 1:
+            raise ValueError("rate must be positive and burst at least 1")
+        self._sweep()
+        now = trio.current_time()
+        interval = 1.0 / rate
+        entry = self._live(key)
+        full = max(now, float(entry[0])) if entry is not None else now
+        if full - now > (burst - 1) * interval:
+            return False
+        full += interval
+        self._values[key] = (repr(full), full)
+        return True
+
 
 class LocalBus:
     """One node's bus: publish -> bounded queue -> dispatch task -> handlers.

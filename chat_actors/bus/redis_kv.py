@@ -1,4 +1,4 @@
-"""The presence key/value surface (``chat_actors.bus.KeyValue``) on the Redis bus.
+"""The key/value surface (``chat_actors.bus.KeyValue``: presence, shared rate limits) on the Redis bus.
 
 It runs on the live session's ``pub`` connection (``RedisBus`` hands over a getter for it),
 so it shares that session's fate: no session (the bus is down) -> ``BusUnavailable`` at once,
@@ -25,6 +25,20 @@ T = TypeVar("T")
 _HINCR_SCRIPT = (
     "local v = redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2]) "
     "if v <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end return v"
+)
+
+#: A token bucket as GCRA (the time at which the bucket is full again, kept in ms as a
+#: string, with Redis' own clock): one token per ARGV[1] ms, ARGV[2] at most. 1 = taken.
+_TAKE_SCRIPT = (
+    "local t = redis.call('TIME') "
+    "local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000 "
+    "local interval = tonumber(ARGV[1]) "
+    "local full = tonumber(redis.call('GET', KEYS[1]) or '0') "
+    "if full < now then full = now end "
+    "if full - now > (tonumber(ARGV[2]) - 1) * interval then return 0 end "
+    "full = full + interval "
+    "redis.call('SET', KEYS[1], string.format('%.3f', full), 'PX', math.ceil(full - now) + 1) "
+    "return 1"
 )
 
 
@@ -96,3 +110,11 @@ class RedisKeyValue:
     async def hgetall(self, key: str) -> dict[str, str]:
         raw = await self._call("HGETALL", lambda c: c.hgetall(self._key(key)))
         return {bytes(f).decode(): bytes(v).decode() for f, v in raw.items()}
+
+    async def take_token(self, key: str, *, rate: float, burst: int) -> bool:
+        if not rate > 0 or burst < 1:
+            raise ValueError("rate must be positive and burst at least 1")
+        result = await self._call(
+            "take_token", lambda c: c.eval(_TAKE_SCRIPT, keys=[self._key(key)], args=[1000.0 / rate, burst])
+        )
+        return int(result) == 1  # type: ignore[call-overload]

@@ -285,6 +285,24 @@ async def test_another_cluster_prefix_sees_nothing(harness: Harness) -> None:
         assert await three.kv.get("lease:n1") is None
 
 
+async def test_token_bucket_is_shared_by_the_nodes(harness: Harness) -> None:
+    """take_token: burst tokens at once, then none until they refill; one bucket per key,
+    and (Redis) the same bucket whichever node of the cluster asks."""
+    async with harness.open("n1") as one, harness.open("n2") as two:
+        other = two if harness.shared else one
+        # one token a second: the five calls take milliseconds, so no token comes back meanwhile
+        taken = [await (one if i % 2 else other).kv.take_token("rate:ann", rate=1, burst=3) for i in range(5)]
+        assert taken == [True, True, True, False, False]
+        assert await other.kv.take_token("rate:bob", rate=1, burst=3)      # a bucket of its own
+        assert await one.kv.take_token("rate:cy", rate=10, burst=1)
+        await trio.sleep(0.15)                                              # > one token's refill
+        assert await other.kv.take_token("rate:cy", rate=10, burst=1)
+        with pytest.raises(ValueError):
+            await one.kv.take_token("rate:ann", rate=0, burst=3)
+        with pytest.raises(ValueError):
+            await one.kv.take_token("rate:ann", rate=5, burst=0)
+
+
 async def test_key_value_surface_for_presence(harness: Harness) -> None:
     async with harness.open("n1") as bus:
         kv = bus.kv

@@ -59,7 +59,16 @@ def now_ms() -> int:
 
 
 def http(http_url: str) -> httpx.AsyncClient:
-    """An HTTP client bound to the server's API (use as `async with http(url) as h`)."""
+    """An HTTP client bound to the server's API (use as `async with http(url) as h`).
+
+    A cluster's `http_url` names every node (`deployments.SpreadUrl`): the client then sends
+    each request to the next node, as a load balancer without sticky sessions would.
+    """
+    spread = getattr(http_url, "spread", None)
+    if spread:
+        from .deployments import SpreadTransport
+
+        return httpx.AsyncClient(base_url=str(http_url), timeout=TIMEOUT, transport=SpreadTransport(spread))
     return httpx.AsyncClient(base_url=http_url, timeout=TIMEOUT)
 
 

@@ -18,6 +18,7 @@ import chat_actors
 from .client import connect, now_ms, register
 
 
+@pytest.mark.single_node("the line each process logs about its own listeners")
 async def test_listening_log_line(server_factory, caplog):
     caplog.set_level(logging.INFO)
     srv = await server_factory()

@@ -10,6 +10,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
+import pytest
 import trio
 
 
@@ -24,6 +25,7 @@ def _hold_write_lock(path: Path, locked: threading.Event, release: threading.Eve
         conn.close()
 
 
+@pytest.mark.single_node("the outage is an SQLite write lock held beside the process (PostgreSQL: tests/store)")
 async def test_send_while_store_locked_is_unavailable_then_retry_succeeds(server, tmp_path: Path) -> None:
     alice = await server.user("alice")
     bob = await server.user("bob")

@@ -16,11 +16,12 @@ def _directives(csp: str) -> dict[str, str]:
     return dict(part.strip().split(" ", 1) for part in csp.split(";"))
 
 
-def _ws_port(server) -> str:
-    return server.ws_url.rsplit(":", 1)[1].split("/")[0]
+def _ws_port(node) -> str:
+    return node.ws_url.rsplit(":", 1)[1].split("/")[0]
 
 
 async def test_page_has_a_strict_csp_and_security_headers(server):
+    server = server.nodes[0]    # the CSP names the WebSocket port of the node that answers
     async with http(server.http_url) as h:
         r = await h.get("/")
     assert r.status_code == 200
@@ -94,6 +95,7 @@ async def test_chat_client_is_served_for_other_front_ends(server):
      ("[::1]:3001", "ws:")],  # CSP host sources cannot hold an IPv6 literal
 )
 async def test_csp_follows_the_host_the_browser_used(server, host, source):
+    server = server.nodes[0]
     async with http(server.http_url) as h:
         r = await h.get("/", headers={"Host": host})
     expected = source.format(port=_ws_port(server))
