@@ -83,6 +83,7 @@ class Client(WSListener):
         self.joined_seq: dict[str, int] = {}
         self.name = b"%d" % idx          # the sender id in markers
         self.n = 0                       # last n sent
+        self.file_by_node = False        # NodeClient: deliveries also filed by hop and node
 
     # -- picows callbacks -------------------------------------------------------------------
     def on_ws_connected(self, transport: WSTransport) -> None:
@@ -100,7 +101,10 @@ class Client(WSListener):
             sid, n, t = p[i + 1:j].split(b":")
             now = now_ns()
             sink = self.sink
-            sink.lat.append((now - int(t)) // 1000)
+            us = (now - int(t)) // 1000
+            sink.lat.append(us)
+            if self.file_by_node:
+                self._file(sink, sid, us)
             sink.received += 1
             sink.last_ns = now
             n = int(n)
@@ -121,6 +125,9 @@ class Client(WSListener):
             if not fut.done():
                 fut.set_exception(ConnectionError(f"closed {self.close_code}"))
         self.gen.closes[str(self.close_code)] = self.gen.closes.get(str(self.close_code), 0) + 1
+
+    def _file(self, sink: Sink, sid: bytes, us: int) -> None:
+        """File one delivery's latency by where it came from (a cluster client only)."""
 
     # -- control frames ---------------------------------------------------------------------
     def _control(self, event: dict[str, Any]) -> None:
@@ -168,42 +175,18 @@ class NodeClient(Client):
         super().__init__(gen, idx, mode)
         self.node = node
         self.nodes = nodes
+        self.file_by_node = True
 
-    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        if frame.msg_type is not _TEXT:
-            if frame.msg_type is _CLOSE:
-                self.close_code = frame.get_close_code().value
-            return
-        p = frame.get_payload_as_bytes()
-        i = p.find(b"~")
-        if i >= 0:
-            j = p.find(b"~", i + 1)
-            sid, n, t = p[i + 1:j].split(b":")
-            now = now_ns()
-            sink = self.sink
-            us = (now - int(t)) // 1000
-            sink.lat.append(us)
-            hop = "local" if int(sid) % self.nodes == self.node else "remote"
-            lat = sink.hop.get(hop)
-            if lat is None:
-                lat = sink.hop[hop] = array("q")
-            lat.append(us)
-            lat = sink.by_node.get(self.node)
-            if lat is None:
-                lat = sink.by_node[self.node] = array("q")
-            lat.append(us)
-            sink.received += 1
-            sink.last_ns = now
-            n = int(n)
-            last = self.last.get(sid, 0)
-            if n > last:
-                self.last[sid] = n
-                if n != last + 1:
-                    sink.gaps += n - last - 1
-            else:
-                sink.ooo += 1
-            return
-        self._control(orjson.loads(p))
+    def _file(self, sink: Sink, sid: bytes, us: int) -> None:
+        hop = "local" if int(sid) % self.nodes == self.node else "remote"
+        lat = sink.hop.get(hop)
+        if lat is None:
+            lat = sink.hop[hop] = array("q")
+        lat.append(us)
+        lat = sink.by_node.get(self.node)
+        if lat is None:
+            lat = sink.by_node[self.node] = array("q")
+        lat.append(us)
 
 
 class Generator:

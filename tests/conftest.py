@@ -21,15 +21,15 @@ import pytest
 import trio
 
 try:  # tests/ is not a package: pytest puts it on sys.path, so the client is `integration.client`
-    from integration.client import Conn, PASSWORD, connect, make_token, register
+    from integration.client import Conn, Deployment
 except ImportError:  # pragma: no cover - if tests/ ever becomes a package
-    from tests.integration.client import Conn, PASSWORD, connect, make_token, register  # type: ignore
+    from tests.integration.client import Conn, Deployment  # type: ignore
 
 JWT_SECRET = "test-secret-" + "0123456789abcdef" * 4  # long enough for HS512 test tokens
 STOP_TIMEOUT_S = 30.0
 
 
-class ServerHandle:
+class ServerHandle(Deployment):
     """A running server plus the few facts tests need about it."""
 
     def __init__(self, running: Any, config: Any) -> None:
@@ -45,16 +45,6 @@ class ServerHandle:
     def nodes(self) -> list["ServerHandle"]:
         """The server processes behind this handle: itself (a cluster handle lists its nodes)."""
         return [self]
-
-    async def user(self, name: str, password: str = PASSWORD) -> str:
-        """Register `name` and return its token."""
-        return await register(self.http_url, name, password)
-
-    def connect(self, token: str | None, **kwargs: Any):  # -> AsyncContextManager[Conn]
-        return connect(self.ws_url, token, **kwargs)
-
-    def token(self, sub: str, **kwargs: Any) -> str:
-        return make_token(self.secret, sub, **kwargs)
 
     def request_shutdown(self) -> None:
         self.running.request_shutdown()

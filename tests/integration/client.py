@@ -125,6 +125,25 @@ def unsigned_token(sub: str, ttl_s: float = 3600) -> str:
     return f"{header}.{body}."
 
 
+class Deployment:
+    """What every deployment handle offers the tests: accounts, connections and tokens on
+    whatever `http_url` / `ws_url` / `secret` the handle has (one node, or a cluster's next node)."""
+
+    http_url: str
+    ws_url: str
+    secret: str
+
+    async def user(self, name: str, password: str = PASSWORD) -> str:
+        """Register `name` and return its token."""
+        return await register(self.http_url, name, password)
+
+    def connect(self, token: str | None, **kwargs: Any):  # -> AsyncContextManager[Conn]
+        return connect(self.ws_url, token, **kwargs)
+
+    def token(self, sub: str, **kwargs: Any) -> str:
+        return make_token(self.secret, sub, **kwargs)
+
+
 # --------------------------------------------------------------------------- reading events
 
 

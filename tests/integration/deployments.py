@@ -32,7 +32,7 @@ import httpx
 import pytest
 import trio
 
-from .client import PASSWORD, connect, make_token, register
+from .client import Deployment
 from .databases import DatabasePool
 
 #: nodes of the cluster deployment
@@ -72,7 +72,7 @@ class SpreadTransport(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
-class ClusterHandle:
+class ClusterHandle(Deployment):
     """Several running nodes of one chat, handed to tests as if they were one server."""
 
     def __init__(self, nodes: list[Any]) -> None:
@@ -97,16 +97,6 @@ class ClusterHandle:
         k = next(self._http_turn) % len(self.nodes)
         urls = [node.http_url for node in self.nodes]
         return SpreadUrl(urls[k:] + urls[:k])
-
-    async def user(self, name: str, password: str = PASSWORD) -> str:
-        """Register `name` (through the next node) and return its token."""
-        return await register(self.http_url, name, password)
-
-    def connect(self, token: str | None, **kwargs: Any):  # -> AsyncContextManager[Conn]
-        return connect(self.ws_url, token, **kwargs)
-
-    def token(self, sub: str, **kwargs: Any) -> str:
-        return make_token(self.secret, sub, **kwargs)
 
     def request_shutdown(self) -> None:
         for node in self.nodes:
