@@ -81,8 +81,11 @@ WITH input AS (
     SELECT DISTINCT ON (sender, client_id) * FROM input ORDER BY sender, client_id, ord
 ), old AS (
     SELECT f.sender, f.client_id, m.seq, m.ts
-    FROM firsts AS f JOIN messages AS m
-        ON m.room_id = (SELECT id FROM room) AND m.sender = f.sender AND m.client_id = f.client_id
+    FROM firsts AS f CROSS JOIN LATERAL (
+        SELECT seq, ts FROM messages
+        WHERE room_id = (SELECT id FROM room) AND sender = f.sender AND client_id = f.client_id
+        LIMIT 1
+    ) AS m
 ), fresh AS (
     SELECT f.*, (SELECT last_seq FROM room) + row_number() OVER (ORDER BY f.ord) AS seq
     FROM firsts AS f
