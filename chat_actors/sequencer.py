@@ -22,9 +22,12 @@ __all__ = ["HOLD_S", "MAX_HELD", "Sequencer"]
 
 P = TypeVar("P")
 
-#: How long an early message waits for the missing ones before the gap is read from the store
-#: (bus reordering between nodes is a matter of milliseconds).
-HOLD_S = 0.05
+#: How long an early message waits for the missing ones before the gap is read from the store.
+#: On a healthy bus they come in milliseconds, but a node whose CPU is saturated hears them
+#: late, and a fill is a store read that loads it further: a short hold turned overload into
+#: a storm of fills (hundreds a second in the two-node bench). Losses the bus notices (a
+#: reconnect, a full queue) are read at once; only a silent loss waits this long.
+HOLD_S = 0.25
 #: Early messages kept at most; beyond it the newest are dropped (the store read brings them).
 MAX_HELD = 4096
 
