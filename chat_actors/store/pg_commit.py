@@ -27,8 +27,8 @@ from chat_actors import errors
 from chat_actors.store import AppendResult, RoomBatch
 from chat_actors.store import pg_sql as sql
 from chat_actors.store.group_commit import Outcome
-from chat_actors.store.pg_ops import seq_arg
 from chat_actors.store.pg_sql import text_in
+from chat_actors.store.rows import seq_arg
 
 __all__ = ["commit_group", "unavailable"]
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from chat_actors import errors
 from chat_actors.store import (
     AppendResult,
@@ -25,6 +23,7 @@ from chat_actors.store import (
 )
 from chat_actors.store import pg_sql as sql
 from chat_actors.store.pg_sql import text_in, text_out
+from chat_actors.store.rows import MAX_INT, messages, seq_arg
 
 __all__ = [
     "add_grant",
@@ -40,31 +39,11 @@ __all__ = [
     "load_room",
     "ping",
     "room_members",
-    "seq_arg",
     "undelivered",
     "user_rooms",
 ]
 
 Conn = Any  # psycopg.Connection; typed loosely so this module imports without psycopg
-
-MAX_INT = 2**63 - 1
-
-
-def seq_arg(seq: int | None) -> int | None:
-    """Clients may send any non-negative integer as a cursor; PostgreSQL binds 64-bit ones."""
-    return None if seq is None else max(min(seq, MAX_INT), -MAX_INT)
-
-
-def _meta_out(text: str | None) -> dict | None:
-    return None if text is None else orjson.loads(text)
-
-
-def _messages(room: str, rows: list[tuple]) -> list[StoredMessage]:
-    return [
-        StoredMessage(room, seq, text_out(client_id), sender, text_out(text), _meta_out(meta), ts)
-        for seq, client_id, sender, text, meta, ts in rows
-    ]
-
 
 def _room_info(row: tuple) -> RoomInfo:
     name, kind, owner, last_seq, created_ts = row
@@ -141,12 +120,12 @@ def history(
     del rows[limit:]
     if after is None:
         rows.reverse()  # fetched newest first
-    return _messages(room, rows), more
+    return messages(room, rows, text_out), more
 
 
 def between(conn: Conn, room: str, after: int, upto: int, limit: int) -> list[StoredMessage]:
     args = (room, seq_arg(after), seq_arg(upto), min(limit, MAX_INT))
-    return _messages(room, conn.execute(sql.MESSAGES_UPTO, args).fetchall())
+    return messages(room, conn.execute(sql.MESSAGES_UPTO, args).fetchall(), text_out)
 
 
 def find(conn: Conn, room: str, sender: str, client_id: str) -> AppendResult | None:
@@ -171,7 +150,7 @@ def undelivered(conn: Conn, user: str, per_room_limit: int) -> list[StoredMessag
     rows = conn.execute(sql.UNDELIVERED_DIRECT, {"user": user, "limit": min(per_room_limit, MAX_INT)}).fetchall()
     out: list[StoredMessage] = []
     for name, *message in rows:
-        out.extend(_messages(name, [tuple(message)]))
+        out.extend(messages(name, [tuple(message)], text_out))
     return out
 
 

@@ -59,6 +59,7 @@ from chat_actors.store import (
 )
 from chat_actors.store import migrations as _migrations
 from chat_actors.store.group_commit import GroupCommitter, Outcome
+from chat_actors.store.rows import MAX_INT, messages, seq_arg
 
 __all__ = ["SqliteStore", "open_from_url", "parse_sqlite_url"]
 
@@ -212,25 +213,6 @@ def _snapshot(conn: sqlite3.Connection, body: Callable[..., T], *args: Any) -> T
         return body(conn, *args)
     finally:
         _rollback(conn)
-
-
-_MAX_INT = 2**63 - 1
-
-
-def _seq_arg(seq: int | None) -> int | None:
-    """Clients may send any non-negative integer as a cursor; SQLite binds 64-bit ones."""
-    return None if seq is None else max(min(seq, _MAX_INT), -_MAX_INT)
-
-
-def _meta_out(text: str | None) -> dict | None:
-    return None if text is None else orjson.loads(text)
-
-
-def _messages(room: str, rows: list[tuple]) -> list[StoredMessage]:
-    return [
-        StoredMessage(room, seq, client_id, sender, text, _meta_out(meta), ts)
-        for seq, client_id, sender, text, meta, ts in rows
-    ]
 
 
 def _room_info(row: tuple) -> RoomInfo:
@@ -396,24 +378,24 @@ def _history(
     conn: sqlite3.Connection, room: str, before: int | None, after: int | None, limit: int
 ) -> tuple[list[StoredMessage], bool]:
     """PROTOCOL section 5 paging; one row beyond the page tells whether ``more`` exist."""
-    before, after = _seq_arg(before), _seq_arg(after)
+    before, after = seq_arg(before), seq_arg(after)
     if after is None:
         sql, args = (HISTORY_LATEST, (room,)) if before is None else (HISTORY_BEFORE, (room, before))
     elif before is None:
         sql, args = HISTORY_AFTER, (room, after)
     else:
         sql, args = HISTORY_BETWEEN, (room, after, before)
-    rows = conn.execute(sql, (*args, min(limit, _MAX_INT - 1) + 1)).fetchall()
+    rows = conn.execute(sql, (*args, min(limit, MAX_INT - 1) + 1)).fetchall()
     more = len(rows) > limit
     del rows[limit:]
     if after is None:
         rows.reverse()  # fetched newest first
-    return _messages(room, rows), more
+    return messages(room, rows), more
 
 
 def _between(conn: sqlite3.Connection, room: str, after: int, upto: int, limit: int) -> list[StoredMessage]:
-    args = (room, _seq_arg(after), _seq_arg(upto), min(limit, _MAX_INT))
-    return _messages(room, conn.execute(MESSAGES_UPTO, args).fetchall())
+    args = (room, seq_arg(after), seq_arg(upto), min(limit, MAX_INT))
+    return messages(room, conn.execute(MESSAGES_UPTO, args).fetchall())
 
 
 def _find(conn: sqlite3.Connection, room: str, sender: str, client_id: str) -> AppendResult | None:
@@ -437,7 +419,7 @@ def _undelivered(conn: sqlite3.Connection, user: str, per_room_limit: int) -> li
     out: list[StoredMessage] = []
     for room_id, name, read in conn.execute(UNREAD_DIRECT_ROOMS, {"user": user}).fetchall():
         out.extend(
-            _messages(name, conn.execute(MESSAGES_AFTER_BY_ID, (room_id, read, per_room_limit)).fetchall())
+            messages(name, conn.execute(MESSAGES_AFTER_BY_ID, (room_id, read, per_room_limit)).fetchall())
         )
     return out
 
