@@ -135,17 +135,7 @@ def apply_sqlite(
     try:
         applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
         _check_known(applied, known)
-        done: list[int] = []
-        for migration in migrations:
-            if migration.version in applied:
-                continue
-            for statement in split_statements(migration.sql):
-                conn.execute(statement)
-            conn.execute(
-                "INSERT INTO schema_migrations (version, name, applied_ts) VALUES (?, ?, ?)",
-                (migration.version, migration.name, now_ms),
-            )
-            done.append(migration.version)
+        done = _apply_missing(conn, migrations, applied, now_ms, split=True, mark="?")
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
@@ -163,6 +153,24 @@ def _check_known(applied: set[int], known: set[int]) -> None:
             f"database has schema version(s) {sorted(unknown)} unknown to this release "
             f"(knows {sorted(known)}); upgrade chat-actors"
         )
+
+
+def _apply_missing(
+    conn: Any, migrations: list[Migration], applied: set[int], now_ms: int, *, split: bool, mark: str
+) -> list[int]:
+    """Run, in order, each migration not in ``applied`` and record it, inside the caller's
+    transaction. SQLite's driver runs one statement per call (``split``); ``mark`` is the
+    driver's parameter placeholder."""
+    record = f"INSERT INTO schema_migrations (version, name, applied_ts) VALUES ({mark}, {mark}, {mark})"
+    done: list[int] = []
+    for migration in migrations:
+        if migration.version in applied:
+            continue
+        for statement in split_statements(migration.sql) if split else [migration.sql]:
+            conn.execute(statement)
+        conn.execute(record, (migration.version, migration.name, now_ms))
+        done.append(migration.version)
+    return done
 
 
 def apply_postgres(
@@ -193,16 +201,7 @@ def apply_postgres(
         conn.execute(_CREATE_TABLE_PG)
         applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
         _check_known(applied, known)
-        done: list[int] = []
-        for migration in migrations:
-            if migration.version in applied:
-                continue
-            conn.execute(migration.sql)
-            conn.execute(
-                "INSERT INTO schema_migrations (version, name, applied_ts) VALUES (%s, %s, %s)",
-                (migration.version, migration.name, now_ms),
-            )
-            done.append(migration.version)
+        done = _apply_missing(conn, migrations, applied, now_ms, split=False, mark="%s")
         conn.execute("COMMIT")
     except BaseException:
         try:
