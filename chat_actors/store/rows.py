@@ -27,17 +27,11 @@ def meta_out(text: str | None) -> dict | None:
     return None if text is None else orjson.loads(text)
 
 
-def _same(value: str) -> str:
-    return value
-
-
-def messages(
-    room: str, rows: list[tuple], text_out: Callable[[str], str] = _same
-) -> list[StoredMessage]:
-    """Rows of (seq, client_id, sender, text, meta, ts); ``text_out`` undoes a backend's text encoding."""
-    return [
-        StoredMessage(
-            room, seq, text_out(client_id), sender, text_out(text), meta_out(meta), ts
-        )
-        for seq, client_id, sender, text, meta, ts in rows
-    ]
+def messages(room: str, rows: list[tuple], text_out: Callable[[str], str] | None = None) -> list[StoredMessage]:
+    """Rows of (seq, client_id, sender, text, meta, ts); ``text_out`` undoes a backend's text
+    encoding (PostgreSQL's, ``pg_sql.text_out``); SQLite stores text as it is."""
+    if text_out is None:
+        return [StoredMessage(room, seq, client_id, sender, text, meta_out(meta), ts)
+                for seq, client_id, sender, text, meta, ts in rows]
+    return [StoredMessage(room, seq, text_out(client_id), sender, text_out(text), meta_out(meta), ts)
+            for seq, client_id, sender, text, meta, ts in rows]
