@@ -342,6 +342,11 @@ class RoomActor:
             await self._check_room_cap(user)
         if not state.exists:
             await self._create(user)
+        if self.link is not None and cmd.since is not None and cmd.since > state.last_seq:
+            # the client saw messages this node has not delivered yet (it was on a node the
+            # bus reached sooner): catch up first, or `joined.seq` would be below `since` and
+            # those messages would reach it a second time once they arrive here
+            await self._reach_store_head()
         newly_member = user not in state.member_users
         result, online = state.join(cmd.peer, cmd.since)
         self._relay_presence(user)

@@ -243,3 +243,36 @@ async def test_direct_messages_committed_while_a_node_is_cut_off_reach_its_devic
                 assert got["seq"] == 4
             for device in (b1, a1, a2, a3, late):
                 await device.assert_silent(0.5)
+
+
+async def test_a_resume_on_a_node_the_bus_has_not_reached_repeats_nothing(proxied_cluster: Cluster) -> None:
+    """A client resumes with `join since` on a node that has not delivered the room up to
+    `since` yet (the bus to it is down): the node reads the room up to the store's head
+    before answering, so `joined.seq` is not below `since` and nothing at or below it comes
+    again when the bus brings it later."""
+    cluster = proxied_cluster
+    n1, n2, _ = cluster.nodes
+    writer_token, keeper_token, mover_token = await cluster.users("writer", "keeper", "mover")
+    async with n1.connect(writer_token) as writer, n2.connect(keeper_token) as keeper:
+        await writer.join(ROOM)
+        await keeper.join(ROOM)             # the room lives on n2 too, with a member
+        await writer.send_message(ROOM, "first", id="first")
+        await keeper.expect("message", room=ROOM, id="first")
+        await _outage(cluster, "cut", [n2])
+        async with n1.connect(mover_token) as on_n1:
+            await on_n1.join(ROOM)
+            for i in range(3):
+                await writer.send_message(ROOM, f"m{i}", id=f"m{i}")
+            seen = await on_n1.messages(ROOM, 3)
+        since = seen[-1]["seq"]
+        async with n2.connect(mover_token) as on_n2:
+            joined = await on_n2.join(ROOM, since=since)
+            assert joined["seq"] == since and joined["recovered"] is True, joined
+            cluster.restore_bus(n2)
+            await _wait_ready(n2, *OK)
+            await writer.send_message(ROOM, "after", id="after")
+            after = await on_n2.messages(ROOM, 1, timeout=RESUME_S)
+            assert seqs(after) == [since + 1], after
+            await on_n2.assert_silent(0.5, ignore=("presence", "read", "typing"))
+            # the member that stayed on n2 gets the missed ones once, in order
+            assert seqs(await keeper.messages(ROOM, 4, timeout=RESUME_S)) == [since - 2, since - 1, since, since + 1]
